@@ -1,0 +1,631 @@
+"""PyTorch DeBERTa-lite: a DeBERTa-v2/v3 encoder with disentangled attention in every layer.
+
+Numerically the same model as transformers' DebertaV2 (see ../shared/docs/deberta-reference.md and
+`transformers/models/deberta_v2`), with these differences in how it is computed:
+
+- Relative positions are bucketed once per forward, not once per layer.
+- c2p and p2c are computed as (N, 2k) tables per head (query/key content against the projected relative table),
+  scaled *before* the lookup, and turned into an additive `position_bias` by a gather with an (N, N) index that is
+  only ever broadcast (never materialised per batch and head). The relative-table projections are not repeated
+  over the batch.
+- The attention kernel is a runtime choice through transformers' `AttentionInterface`: `eager` (the specification,
+  returns attention weights) and `sdpa` (the bias passed as an additive mask). Every kernel has one signature.
+- The absolute position table always exists, because the enhanced mask decoder needs it even when
+  `position_biased_input=False`.
+- The optional v2 convolution lives in the first layer that it follows, so captured hidden states include it.
+- Hidden states and attentions are captured by hooks (`capture_outputs`), not threaded through the layers.
+
+This file is copied next to the weights by `save_pretrained` (remote code): it imports only torch, transformers and
+the configuration file beside it.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.import_utils import is_torchdynamo_compiling
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_deberta_lite import DebertaLiteConfig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Relative positions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
+    """Log-bucket signed distances: |r| <= bucket_size // 2 unchanged, larger ones compressed logarithmically.
+
+    The float32 arithmetic is the released code's, so bucket boundaries match the pretrained checkpoints bit for bit.
+    """
+    sign = torch.sign(relative_pos)
+    mid = bucket_size // 2
+    abs_pos = torch.where(
+        (relative_pos < mid) & (relative_pos > -mid), torch.full_like(relative_pos, mid - 1), relative_pos.abs()
+    )
+    log_scale = torch.log(torch.tensor((max_position - 1) / mid, dtype=torch.float32))
+    log_pos = torch.ceil(torch.log(abs_pos / mid) / log_scale * (mid - 1)) + mid
+    return torch.where(abs_pos <= mid, relative_pos, (log_pos * sign).to(relative_pos.dtype))
+
+
+def build_relative_position(
+    query_size: int, key_size: int, config: DebertaLiteConfig, device: torch.device
+) -> torch.LongTensor:
+    """delta(i, j) = clamp(bucket(i - j) + k, 0, 2k - 1): the row of the relative table seen by query i and key j.
+
+    Returns a (query_size, key_size) index shared by every layer, head and batch row.
+    """
+    span = config.relative_span
+    relative_pos = torch.arange(query_size, device=device)[:, None] - torch.arange(key_size, device=device)[None, :]
+    if config.position_buckets > 0:
+        max_position = (
+            config.max_relative_positions if config.max_relative_positions >= 1 else config.max_position_embeddings
+        )
+        relative_pos = make_log_bucket_position(relative_pos, config.position_buckets, max_position)
+    return torch.clamp(relative_pos + span, 0, 2 * span - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention kernels: one signature, picked at run time by `config._attn_implementation`
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference kernel. attention_mask: bool (B, 1, Nq, Nk), True = attend; position_bias: (B, nh, Nq, Nk)."""
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, Nq, Nk)
+    if position_bias is not None:
+        attn_weights = attn_weights + position_bias
+    if attention_mask is not None:
+        # The dtype minimum, not -inf: a fully masked (padding) row then softmaxes to a finite uniform row.
+        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, Nq, nh, d)
+    return attn_output, attn_weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modules, leaf first
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DebertaLiteEmbeddings(nn.Module):
+    """Word (+ absolute position when `position_biased_input`) (+ token type) -> embed_proj -> LayerNorm -> mask."""
+
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        # Always allocated: the enhanced mask decoder adds absolute positions even when the input does not.
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.embedding_size) if config.type_vocab_size > 0 else None
+        )
+        self.embed_proj = (
+            nn.Linear(config.embedding_size, config.hidden_size, bias=False)
+            if config.embedding_size != config.hidden_size
+            else None
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        token_type_ids: torch.LongTensor | None,
+        position_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, N, E)
+        if self.config.position_biased_input:
+            if position_ids is None:
+                position_ids = torch.arange(embeddings.shape[1], device=embeddings.device)[None, :]
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(embeddings.shape[:2], dtype=torch.long, device=embeddings.device)
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        if self.embed_proj is not None:
+            embeddings = self.embed_proj(embeddings)
+        embeddings = self.norm(embeddings)
+        if attention_mask is not None:
+            embeddings = embeddings * attention_mask.unsqueeze(-1).to(embeddings.dtype)
+        return self.dropout(embeddings)
+
+
+class DebertaLiteAttention(nn.Module):
+    """Disentangled self-attention: A = (Qc·Kcᵀ + c2p + p2c) / sqrt(d·s), then the output projection.
+
+    c2p[i, j] = Qc_i · Kr[delta(i, j)] and p2c[i, j] = Kc_j · Qr[delta(i, j)]: p2c uses the same index as c2p (the
+    paper writes delta(j, i)); this is what the released checkpoints were trained with.
+    """
+
+    def __init__(self, config: DebertaLiteConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.pos_att_type = config.pos_att_type
+        self.share_att_key = config.share_att_key
+        # Each of c2c, c2p, p2c is divided by the same sqrt(d·s), s = number of terms.
+        self.scaling = (self.head_dim * (1 + len(config.pos_att_type))) ** -0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+
+        self.query_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        if not config.share_att_key:  # DeBERTa v1: the relative table has projections of its own
+            if "c2p" in config.pos_att_type:
+                self.pos_key_proj = nn.Linear(config.hidden_size, config.hidden_size)
+            if "p2c" in config.pos_att_type:
+                self.pos_query_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def _heads(self, states: torch.Tensor) -> torch.Tensor:
+        return states.view(*states.shape[:-1], self.num_heads, self.head_dim).transpose(-3, -2)  # (..., nh, N, d)
+
+    def disentangled_bias(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        relative_pos: torch.LongTensor,
+        rel_embeddings: torch.Tensor,
+    ) -> torch.Tensor:
+        """c2p + p2c as an additive (B, nh, Nq, Nk) bias, already divided by sqrt(d·s)."""
+        rel_embeddings = self.pos_dropout(rel_embeddings)  # (2k, H)
+        batch, _, query_len, _ = query.shape
+        key_len = key.shape[2]
+        position_bias = 0
+        if "c2p" in self.pos_att_type:
+            pos_key = self._heads((self.key_proj if self.share_att_key else self.pos_key_proj)(rel_embeddings))
+            c2p = torch.matmul(query, pos_key.transpose(-1, -2)) * self.scaling  # (B, nh, Nq, 2k)
+            index = relative_pos.expand(batch, self.num_heads, query_len, key_len)
+            position_bias = position_bias + torch.gather(c2p, -1, index)
+        if "p2c" in self.pos_att_type:
+            pos_query = self._heads((self.query_proj if self.share_att_key else self.pos_query_proj)(rel_embeddings))
+            p2c = torch.matmul(key, pos_query.transpose(-1, -2)) * self.scaling  # (B, nh, Nk, 2k)
+            index = relative_pos.transpose(0, 1).expand(batch, self.num_heads, key_len, query_len)
+            position_bias = position_bias + torch.gather(p2c, -1, index).transpose(-1, -2)
+        return position_bias
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        relative_pos: torch.LongTensor,
+        rel_embeddings: torch.Tensor,
+        query_states: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # Keys and values come from hidden_states; the query may differ (the enhanced mask decoder).
+        query_states = hidden_states if query_states is None else query_states
+        query = self._heads(self.query_proj(query_states))  # (B, nh, Nq, d)
+        key = self._heads(self.key_proj(hidden_states))  # (B, nh, Nk, d)
+        value = self._heads(self.value_proj(hidden_states))  # (B, nh, Nk, d)
+        position_bias = self.disentangled_bias(query, key, relative_pos, rel_embeddings)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+            position_bias=position_bias,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*query_states.shape[:-1], -1)  # (B, Nq, H)
+        return self.out_proj(attn_output), attn_weights
+
+
+class DebertaLiteConvLayer(nn.Module):
+    """DeBERTa-v2's convolution after the first layer: LN(layer_out + act(dropout(conv1d(layer_in)))), pads zeroed."""
+
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__()
+        self.conv = nn.Conv1d(
+            config.hidden_size,
+            config.hidden_size,
+            config.conv_kernel_size,
+            padding=(config.conv_kernel_size - 1) // 2,
+            groups=config.conv_groups,
+        )
+        self.act = ACT2FN[config.conv_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, layer_input: torch.Tensor, layer_output: torch.Tensor, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        out = self.conv(layer_input.transpose(1, 2)).transpose(1, 2)  # (B, N, H)
+        keep = None if padding_mask is None else padding_mask.unsqueeze(-1).to(out.dtype)  # (B, N, 1)
+        if keep is not None:
+            out = out * keep
+        output = self.norm(layer_output + self.act(self.dropout(out)))
+        return output if keep is None else output * keep
+
+
+class DebertaLiteLayer(GradientCheckpointingLayer):
+    """Post-LN block: LN(query + attention) -> LN(x + FFN(x)); the first layer may add the v2 convolution."""
+
+    def __init__(self, config: DebertaLiteConfig, layer_idx: int):
+        super().__init__()
+        self.attention = DebertaLiteAttention(config, layer_idx)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.conv = DebertaLiteConvLayer(config) if layer_idx == 0 and config.conv_kernel_size > 0 else None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        relative_pos: torch.LongTensor,
+        rel_embeddings: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        query_states: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        residual = hidden_states if query_states is None else query_states
+        attn_output, _ = self.attention(
+            hidden_states, attention_mask, relative_pos, rel_embeddings, query_states=query_states, **kwargs
+        )
+        attn_output = self.attention_norm(residual + self.dropout(attn_output))
+        ffn_output = self.output(self.act(self.intermediate(attn_output)))
+        layer_output = self.output_norm(attn_output + self.dropout(ffn_output))
+        if self.conv is not None:
+            layer_output = self.conv(hidden_states, layer_output, padding_mask)
+        return layer_output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained base and the encoder
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DebertaLitePreTrainedModel(PreTrainedModel):
+    config: DebertaLiteConfig
+    config_class = DebertaLiteConfig
+    base_model_prefix = "deberta"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DebertaLiteEmbeddings", "DebertaLiteLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": DebertaLiteLayer, "attentions": DebertaLiteAttention}
+
+
+class DebertaLiteModel(DebertaLitePreTrainedModel):
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__(config)
+        self.embeddings = DebertaLiteEmbeddings(config)
+        self.layers = nn.ModuleList([DebertaLiteLayer(config, i) for i in range(config.num_hidden_layers)])
+        # One relative-position table P (2k rows) shared by all layers; each layer projects it with its own weights.
+        self.rel_embeddings = nn.Embedding(2 * config.relative_span, config.hidden_size)
+        self.rel_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.norm_rel_ebd == "layer_norm"
+            else None
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embeddings.word_embeddings = value
+
+    def get_rel_embeddings(self) -> torch.Tensor:
+        """The relative table as every layer sees it (normalised once per forward for v2/v3): (2k, H)."""
+        rel_embeddings = self.rel_embeddings.weight
+        return rel_embeddings if self.rel_norm is None else self.rel_norm(rel_embeddings)
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+        """Clear errors for bad input, before an index error deep inside an embedding or a gather."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if input_ids is not None:
+            name, shape = "input_ids", tuple(input_ids.shape)
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, sequence), got {shape}")
+        else:
+            name, shape = "inputs_embeds", tuple(inputs_embeds.shape[:-1])
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.embedding_size:
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, sequence, embedding_size={self.config.embedding_size}), "
+                    f"got {tuple(inputs_embeds.shape)}"
+                )
+        for other_name, other in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if other is not None and tuple(other.shape) != shape:
+                raise ValueError(f"{other_name} has shape {tuple(other.shape)} but {name} has shape {shape}")
+        if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[-1] != shape[1]):
+            raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (batch or 1, {shape[1]})")
+        if self.config.position_biased_input and shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {shape[1]} exceeds max_position_embeddings={self.config.max_position_embeddings}, "
+                "the size of the absolute position table this model adds to its input (position_biased_input=True)"
+            )
+        if is_torchdynamo_compiling():  # value checks need a host sync and break graphs
+            return
+        ranges = [("input_ids", input_ids, self.config.vocab_size)]
+        if self.config.type_vocab_size > 0:  # with no token-type table (v3), token_type_ids are ignored
+            ranges.append(("token_type_ids", token_type_ids, self.config.type_vocab_size))
+        if self.config.position_biased_input:
+            ranges.append(("position_ids", position_ids, self.config.max_position_embeddings))
+        for range_name, ids, upper in ranges:
+            if ids is not None and ids.numel() and (ids.min() < 0 or ids.max() >= upper):
+                raise ValueError(
+                    f"{range_name} must lie in [0, {upper}), got values from {int(ids.min())} to {int(ids.max())}"
+                )
+
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
+        hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids, attention_mask)
+        seq_len = hidden_states.shape[1]
+        relative_pos = build_relative_position(seq_len, seq_len, self.config, hidden_states.device)
+        rel_embeddings = self.get_rel_embeddings()
+        # DeBERTa masks the outer product m_i·m_j, so padded query rows are fully masked too (as in DebertaV2).
+        pair_mask = None
+        if attention_mask is not None:
+            keep = attention_mask.bool()
+            pair_mask = keep[:, None, :, None] & keep[:, None, None, :]  # (B, 1, N, N)
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states, pair_mask, relative_pos, rel_embeddings, padding_mask=attention_mask, **kwargs
+            )
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task heads
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DebertaLiteContextPooler(nn.Module):
+    """First token -> dropout -> dense -> activation (DeBERTa's ContextPooler)."""
+
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.pooler_hidden_size)
+        self.dropout = nn.Dropout(config.pooler_dropout)
+        self.act = ACT2FN[config.pooler_hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(self.dropout(hidden_states[:, 0])))
+
+
+def sequence_classification_loss(config: DebertaLiteConfig, logits: torch.Tensor, labels: torch.Tensor):
+    """Regression, single-label or multi-label loss, chosen from `problem_type` as transformers' heads do."""
+    num_labels = logits.shape[-1]
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return MSELoss()(logits.squeeze(-1), labels.view(-1).to(logits.dtype))
+        return MSELoss()(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
+    return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+
+
+class DebertaLiteForSequenceClassification(DebertaLitePreTrainedModel):
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deberta = DebertaLiteModel(config)
+        self.pooler = DebertaLiteContextPooler(config)
+        cls_dropout = config.hidden_dropout_prob if config.cls_dropout is None else config.cls_dropout
+        self.dropout = nn.Dropout(cls_dropout)
+        self.classifier = nn.Linear(config.pooler_hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutput:
+        outputs = self.deberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))  # (B, num_labels)
+        loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class DebertaLiteForTokenClassification(DebertaLitePreTrainedModel):
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deberta = DebertaLiteModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TokenClassifierOutput:
+        outputs = self.deberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, N, num_labels)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class DebertaLiteForQuestionAnswering(DebertaLitePreTrainedModel):
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__(config)
+        self.deberta = DebertaLiteModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.LongTensor | None = None,
+        end_positions: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> QuestionAnsweringModelOutput:
+        outputs = self.deberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        logits = self.qa_outputs(outputs.last_hidden_state)  # (B, N, 2)
+        start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the input (answer truncated away) are clamped to an ignored index.
+            ignored_index = start_logits.shape[1]
+            loss_fct = CrossEntropyLoss(ignore_index=ignored_index)
+            start_positions = start_positions.view(-1).clamp(0, ignored_index)
+            end_positions = end_positions.view(-1).clamp(0, ignored_index)
+            loss = (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class DebertaLiteForMultipleChoice(DebertaLitePreTrainedModel):
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__(config)
+        self.deberta = DebertaLiteModel(config)
+        self.pooler = DebertaLiteContextPooler(config)
+        cls_dropout = config.hidden_dropout_prob if config.cls_dropout is None else config.cls_dropout
+        self.dropout = nn.Dropout(cls_dropout)
+        self.classifier = nn.Linear(config.pooler_hidden_size, 1)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MultipleChoiceModelOutput:
+        # (B, C, N) -> (B·C, N): every choice is encoded as its own sequence.
+        num_choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+
+        def flat(tensor: torch.Tensor | None, trailing: int = 1) -> torch.Tensor | None:
+            return None if tensor is None else tensor.reshape(-1, *tensor.shape[-trailing:])
+
+        outputs = self.deberta(
+            flat(input_ids),
+            attention_mask=flat(attention_mask),
+            token_type_ids=flat(token_type_ids),
+            position_ids=flat(position_ids),
+            inputs_embeds=flat(inputs_embeds, trailing=2),
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))  # (B·C, 1)
+        reshaped_logits = logits.view(-1, num_choices)  # (B, C)
+        loss = None if labels is None else CrossEntropyLoss()(reshaped_logits, labels)
+        return MultipleChoiceModelOutput(
+            loss=loss, logits=reshaped_logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "DebertaLiteForMultipleChoice",
+    "DebertaLiteForQuestionAnswering",
+    "DebertaLiteForSequenceClassification",
+    "DebertaLiteForTokenClassification",
+    "DebertaLiteModel",
+    "DebertaLitePreTrainedModel",
+]
