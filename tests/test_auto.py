@@ -1,0 +1,127 @@
+"""Auto classes in-process, save/load round trips, and remote code where deberta_lite cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+import deberta_lite
+from deberta_lite import (
+    DebertaLiteConfig,
+    DebertaLiteForMultipleChoice,
+    DebertaLiteForQuestionAnswering,
+    DebertaLiteForSequenceClassification,
+    DebertaLiteForTokenClassification,
+    DebertaLiteModel,
+)
+from deberta_lite.configuration_deberta_lite import AUTO_MAP
+
+from conftest import padded_batch, tiny_config
+
+
+HEADS = [
+    (AutoModel, DebertaLiteModel),
+    (AutoModelForSequenceClassification, DebertaLiteForSequenceClassification),
+    (AutoModelForTokenClassification, DebertaLiteForTokenClassification),
+    (AutoModelForQuestionAnswering, DebertaLiteForQuestionAnswering),
+    (AutoModelForMultipleChoice, DebertaLiteForMultipleChoice),
+]
+
+
+def _outputs(model):
+    input_ids, attention_mask = padded_batch()
+    if isinstance(model, DebertaLiteForMultipleChoice):
+        input_ids, attention_mask = input_ids[:2].view(1, 2, 12), attention_mask[:2].view(1, 2, 12)
+    out = model.eval()(input_ids, attention_mask=attention_mask)
+    return [value for value in out.to_tuple() if isinstance(value, torch.Tensor)]
+
+
+def test_every_head_is_registered():
+    assert set(deberta_lite.AUTO_CLASSES.values()) == {model_class for _, model_class in HEADS}
+    assert isinstance(AutoConfig.for_model("deberta-lite"), DebertaLiteConfig)
+    for auto_class, model_class in HEADS:
+        assert isinstance(auto_class.from_config(tiny_config()), model_class)
+
+
+@pytest.mark.parametrize("auto_class, model_class", HEADS, ids=[model.__name__ for _, model in HEADS])
+def test_save_load_round_trip_is_bit_identical(auto_class, model_class, tmp_path):
+    model = model_class(tiny_config(conv_kernel_size=3, type_vocab_size=2))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "pytorch_model.bin").exists()
+    loaded = auto_class.from_pretrained(tmp_path)  # in-process: no trust_remote_code needed
+    assert type(loaded) is model_class
+    for before, after in zip(_outputs(model), _outputs(loaded), strict=True):
+        assert torch.equal(before, after)
+
+
+def test_saved_directory_carries_remote_code_and_full_auto_map(tmp_path):
+    DebertaLiteModel(tiny_config()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "deberta-lite"
+    assert config["auto_map"] == AUTO_MAP
+    for class_path in AUTO_MAP.values():
+        module, _ = class_path.split(".")
+        assert (tmp_path / f"{module}.py").exists()
+    modeling_source = (tmp_path / "modeling_deberta_lite.py").read_text()
+    assert "from .configuration_deberta_lite import" in modeling_source and "deberta_lite." not in modeling_source
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys, json
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "deberta_lite" or name.startswith("deberta_lite."):
+                raise ImportError("deberta_lite is blocked in this process")
+    sys.meta_path.insert(0, Block())
+    try:
+        import deberta_lite
+        raise SystemExit("deberta_lite should not be importable here")
+    except ImportError:
+        pass
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    directory, inputs_path, outputs_path = sys.argv[1:4]
+    inputs = torch.load(inputs_path)
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
+    assert type(config).__name__ == "DebertaLiteConfig", type(config)
+    assert not type(config).__module__.startswith("deberta_lite"), type(config).__module__
+    base = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
+    head = AutoModelForSequenceClassification.from_pretrained(directory, trust_remote_code=True).eval()
+    assert type(head).__name__ == "DebertaLiteForSequenceClassification"
+    with torch.no_grad():
+        torch.save({"base": base(**inputs).last_hidden_state, "logits": head(**inputs).logits}, outputs_path)
+    """
+)
+
+
+def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
+    model = DebertaLiteForSequenceClassification(tiny_config(num_labels=3)).eval()
+    model.save_pretrained(tmp_path / "checkpoint")
+    input_ids, attention_mask = padded_batch()
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "remote.py"), str(tmp_path / "checkpoint"), str(tmp_path / "inputs.pt"),
+         str(tmp_path / "outputs.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = torch.load(tmp_path / "outputs.pt")
+    with torch.no_grad():
+        assert torch.equal(outputs["logits"], model(**inputs).logits)
+        assert torch.equal(outputs["base"], model.deberta(**inputs).last_hidden_state)

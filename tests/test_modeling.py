@@ -1,0 +1,273 @@
+import pytest
+import torch
+from torch.testing import assert_close
+from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position as v2_log_bucket
+
+from deberta_lite import (
+    DebertaLiteForMultipleChoice,
+    DebertaLiteForQuestionAnswering,
+    DebertaLiteForSequenceClassification,
+    DebertaLiteForTokenClassification,
+    DebertaLiteModel,
+)
+from deberta_lite.modeling_deberta_lite import build_relative_position, make_log_bucket_position
+
+from conftest import padded_batch, tiny_config
+
+
+VARIANTS = {
+    "v3": {},
+    "v1": dict(position_buckets=-1, share_att_key=False, pos_att_type="c2p|p2c", norm_rel_ebd="none",
+               position_biased_input=True),
+    "conv": dict(conv_kernel_size=3, conv_act="gelu"),
+    "embed_proj_token_types": dict(embedding_size=16, type_vocab_size=2),
+    "c2p_only": dict(pos_att_type=["c2p"]),
+    "p2c_only_unshared": dict(pos_att_type=["p2c"], share_att_key=False),
+}
+
+
+def with_backend(model, backend):
+    model.set_attn_implementation(backend)
+    return model.eval()
+
+
+# ---------------------------------------------------------------- relative positions
+
+
+def test_log_buckets_reference_values():
+    distances = torch.tensor([0, 5, 128, 129, 200, 300, 511, -200, -511])
+    buckets = make_log_bucket_position(distances, bucket_size=256, max_position=512)
+    assert buckets.tolist() == [0, 5, 128, 129, 169, 207, 255, -169, -255]
+
+
+def test_log_buckets_match_debertav2_everywhere():
+    distances = torch.arange(-3000, 3001)
+    for bucket_size, max_position in [(256, 512), (8, 32), (32, 128)]:
+        ours = make_log_bucket_position(distances, bucket_size, max_position)
+        theirs = v2_log_bucket(distances, bucket_size, max_position).long()
+        assert torch.equal(ours, theirs)
+
+
+def test_relative_index_is_clamped_bucket_plus_span():
+    config = tiny_config(position_buckets=-1, max_relative_positions=4)
+    index = build_relative_position(6, 6, config, torch.device("cpu"))
+    expected = torch.tensor([[min(max(i - j + 4, 0), 7) for j in range(6)] for i in range(6)])
+    assert torch.equal(index, expected)
+
+
+# ---------------------------------------------------------------- attention backends
+
+
+def _forward_and_grads(model, input_ids, attention_mask, token_type_ids=None):
+    model.zero_grad()
+    out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True)
+    (out.last_hidden_state * attention_mask[..., None]).pow(2).sum().backward()
+    grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+    return out.hidden_states, grads
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_sdpa_equals_eager_forward_and_gradients(variant):
+    config = tiny_config(**VARIANTS[variant])
+    model = DebertaLiteModel(config).train()  # dropout is 0 in the tiny config: train mode, deterministic
+    input_ids, attention_mask = padded_batch()
+    token_type_ids = (torch.arange(12) >= 6).long().expand(3, 12) if config.type_vocab_size else None
+    model.set_attn_implementation("eager")
+    eager_states, eager_grads = _forward_and_grads(model, input_ids, attention_mask, token_type_ids)
+    model.set_attn_implementation("sdpa")
+    sdpa_states, sdpa_grads = _forward_and_grads(model, input_ids, attention_mask, token_type_ids)
+    assert len(eager_states) == config.num_hidden_layers + 1
+    for eager, sdpa in zip(eager_states, sdpa_states):
+        assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
+    assert eager_grads.keys() == sdpa_grads.keys() and len(eager_grads) > 10
+    for name in eager_grads:
+        assert_close(sdpa_grads[name], eager_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_default_backend_is_sdpa_and_eager_can_be_requested(tmp_path):
+    model = DebertaLiteModel(tiny_config())
+    assert model.config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path)
+    eager = DebertaLiteModel.from_pretrained(tmp_path, attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_fully_padded_row_is_finite(backend):
+    model = with_backend(DebertaLiteForSequenceClassification(tiny_config(conv_kernel_size=3)), backend)
+    input_ids, attention_mask = padded_batch()
+    attention_mask[1] = 0
+    out = model(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    assert torch.isfinite(out.logits).all()
+    assert all(torch.isfinite(state).all() for state in out.hidden_states)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_appended_padding_leaves_real_tokens_unchanged(backend):
+    model = with_backend(DebertaLiteModel(tiny_config(**VARIANTS["conv"])), backend)
+    input_ids, attention_mask = padded_batch(length=10)
+    short = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    longer_ids = torch.cat([input_ids, torch.zeros(3, 5, dtype=torch.long)], dim=1)
+    longer_mask = torch.cat([attention_mask, torch.zeros(3, 5, dtype=torch.long)], dim=1)
+    longer = model(longer_ids, attention_mask=longer_mask).last_hidden_state[:, :10]
+    keep = attention_mask.bool()
+    assert_close(longer[keep], short[keep], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_attentions_and_hidden_states_and_tuples():
+    config = tiny_config()
+    model = with_backend(DebertaLiteModel(config), "eager")
+    input_ids, attention_mask = padded_batch()
+    out = model(input_ids, attention_mask=attention_mask, output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == config.num_hidden_layers and len(out.hidden_states) == config.num_hidden_layers + 1
+    for weights in out.attentions:
+        assert weights.shape == (3, config.num_attention_heads, 12, 12)
+        assert_close(weights.sum(-1), torch.ones(3, config.num_attention_heads, 12))
+        # Real queries never attend to padding keys.
+        assert weights[0, :, 0, attention_mask[0] == 0].abs().max() == 0
+    embeddings = model.embeddings(input_ids, None, None, None, attention_mask)
+    assert_close(out.hidden_states[0], embeddings)
+    assert_close(out.hidden_states[-1], out.last_hidden_state)
+    as_tuple = model(input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+    assert_close(as_tuple[0], out.last_hidden_state)
+    head = DebertaLiteForSequenceClassification(config).eval()
+    head_tuple = head(input_ids, attention_mask=attention_mask, labels=torch.tensor([0, 1, 1]), return_dict=False)
+    assert isinstance(head_tuple, tuple) and head_tuple[0].dim() == 0 and head_tuple[1].shape == (3, 2)
+
+
+def test_gradient_checkpointing_gives_same_loss_and_gradients():
+    config = tiny_config(conv_kernel_size=3)
+    model = DebertaLiteForSequenceClassification(config).train()
+    input_ids, attention_mask = padded_batch()
+    labels = torch.tensor([0, 1, 0])
+
+    def run():
+        model.zero_grad()
+        loss = model(input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = run()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.deberta.layers)
+    checkpointed_loss, checkpointed_grads = run()
+    assert_close(checkpointed_loss, plain_loss)
+    assert plain_grads.keys() == checkpointed_grads.keys()
+    for name in plain_grads:
+        assert_close(checkpointed_grads[name], plain_grads[name], msg=name)
+
+
+def test_bare_encoder_has_no_length_cap_without_absolute_input_positions():
+    model = DebertaLiteModel(tiny_config()).eval()  # max_position_embeddings 64
+    out = model(torch.randint(3, 100, (1, 100)))
+    assert out.last_hidden_state.shape == (1, 100, 32) and torch.isfinite(out.last_hidden_state).all()
+
+
+# ---------------------------------------------------------------- heads
+
+
+def test_sequence_classification_losses_follow_problem_type():
+    input_ids, attention_mask = padded_batch()
+    single = DebertaLiteForSequenceClassification(tiny_config(num_labels=3)).eval()
+    labels = torch.tensor([2, 0, 1])
+    out = single(input_ids, attention_mask=attention_mask, labels=labels)
+    assert single.config.problem_type == "single_label_classification"
+    assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+
+    regression = DebertaLiteForSequenceClassification(tiny_config(num_labels=1)).eval()
+    targets = torch.tensor([0.5, -1.0, 2.0])
+    out = regression(input_ids, attention_mask=attention_mask, labels=targets)
+    assert regression.config.problem_type == "regression"
+    assert_close(out.loss, ((out.logits.squeeze(-1) - targets) ** 2).mean())
+
+    multi = DebertaLiteForSequenceClassification(tiny_config(num_labels=3)).eval()
+    multi_labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    out = multi(input_ids, attention_mask=attention_mask, labels=multi_labels)
+    assert multi.config.problem_type == "multi_label_classification"
+    probabilities = torch.sigmoid(out.logits)
+    expected = -(multi_labels * probabilities.log() + (1 - multi_labels) * (1 - probabilities).log()).mean()
+    assert_close(out.loss, expected)
+
+
+def test_sequence_classification_pools_first_token_through_context_pooler():
+    model = DebertaLiteForSequenceClassification(tiny_config(num_labels=2)).eval()
+    input_ids, attention_mask = padded_batch()
+    out = model(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    first = out.hidden_states[-1][:, 0]
+    expected = model.classifier(torch.nn.functional.gelu(model.pooler.dense(first)))
+    assert_close(out.logits, expected)
+
+
+def test_token_classification_and_question_answering():
+    input_ids, attention_mask = padded_batch()
+    tokens = DebertaLiteForTokenClassification(tiny_config(num_labels=5)).eval()
+    labels = torch.randint(0, 5, (3, 12)).masked_fill(attention_mask == 0, -100)
+    out = tokens(input_ids, attention_mask=attention_mask, labels=labels)
+    assert out.logits.shape == (3, 12, 5)
+    assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits.view(-1, 5), labels.view(-1)))
+
+    qa = DebertaLiteForQuestionAnswering(tiny_config()).eval()
+    starts, ends = torch.tensor([1, 2, 50]), torch.tensor([3, 4, 60])  # the third answer lies outside: ignored
+    out = qa(input_ids, attention_mask=attention_mask, start_positions=starts, end_positions=ends)
+    assert out.start_logits.shape == out.end_logits.shape == (3, 12)
+    expected = (
+        torch.nn.functional.cross_entropy(out.start_logits[:2], starts[:2])
+        + torch.nn.functional.cross_entropy(out.end_logits[:2], ends[:2])
+    ) / 2
+    assert_close(out.loss, expected)
+
+
+def test_multiple_choice_scores_each_choice_independently():
+    model = DebertaLiteForMultipleChoice(tiny_config()).eval()
+    input_ids, attention_mask = padded_batch(batch=4)
+    choices_ids, choices_mask = input_ids.view(2, 2, 12), attention_mask.view(2, 2, 12)
+    labels = torch.tensor([1, 0])
+    out = model(choices_ids, attention_mask=choices_mask, labels=labels)
+    assert out.logits.shape == (2, 2)
+    single = model(choices_ids[:, :1], attention_mask=choices_mask[:, :1]).logits  # one choice at a time
+    assert_close(out.logits[:, :1], single)
+    assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "make_kwargs, words",
+    [
+        (lambda ids, mask: dict(), ["exactly one", "input_ids", "inputs_embeds"]),
+        (lambda ids, mask: dict(input_ids=ids, inputs_embeds=torch.zeros(3, 12, 32)), ["exactly one"]),
+        (lambda ids, mask: dict(input_ids=ids, attention_mask=mask[:, :5]), ["attention_mask", "(3, 5)", "(3, 12)"]),
+        (lambda ids, mask: dict(input_ids=ids, token_type_ids=mask[:2]), ["token_type_ids", "(2, 12)"]),
+        (lambda ids, mask: dict(input_ids=ids.clone().fill_(100)), ["input_ids", "[0, 100)", "100"]),
+        (lambda ids, mask: dict(input_ids=ids - 10), ["input_ids", "[0, 100)"]),
+        (lambda ids, mask: dict(input_ids=ids, token_type_ids=mask * 2), ["token_type_ids", "[0, 2)"]),
+        (lambda ids, mask: dict(input_ids=ids[0]), ["input_ids", "(batch, sequence)"]),
+        (lambda ids, mask: dict(inputs_embeds=torch.zeros(3, 12, 7)), ["inputs_embeds", "embedding_size"]),
+    ],
+)
+def test_bad_input_gets_a_clear_error(make_kwargs, words):
+    model = DebertaLiteModel(tiny_config(type_vocab_size=2)).eval()
+    input_ids, attention_mask = padded_batch()
+    with pytest.raises(ValueError) as error:
+        model(**make_kwargs(input_ids, attention_mask))
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_token_type_ids_are_ignored_without_a_token_type_table():
+    model = DebertaLiteModel(tiny_config(type_vocab_size=0)).eval()
+    input_ids, attention_mask = padded_batch()
+    plain = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    typed = model(input_ids, attention_mask=attention_mask, token_type_ids=attention_mask * 5).last_hidden_state
+    assert torch.equal(plain, typed)
+
+
+def test_absolute_input_positions_cap_the_length():
+    model = DebertaLiteModel(tiny_config(position_biased_input=True)).eval()
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model(torch.randint(3, 100, (1, 65)))
