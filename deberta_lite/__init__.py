@@ -8,6 +8,7 @@ configuration and modeling files next to the weights for people who only have tr
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -16,6 +17,7 @@ from transformers import (
 
 from .configuration_deberta_lite import DebertaLiteConfig
 from .modeling_deberta_lite import (
+    DebertaLiteForMaskedLM,
     DebertaLiteForMultipleChoice,
     DebertaLiteForQuestionAnswering,
     DebertaLiteForSequenceClassification,
@@ -29,6 +31,7 @@ __version__ = "0.1.0"
 
 AUTO_CLASSES = {
     AutoModel: DebertaLiteModel,
+    AutoModelForMaskedLM: DebertaLiteForMaskedLM,
     AutoModelForSequenceClassification: DebertaLiteForSequenceClassification,
     AutoModelForTokenClassification: DebertaLiteForTokenClassification,
     AutoModelForQuestionAnswering: DebertaLiteForQuestionAnswering,
@@ -44,6 +47,7 @@ for _auto_class, _model_class in AUTO_CLASSES.items():
 __all__ = [
     "AUTO_CLASSES",
     "DebertaLiteConfig",
+    "DebertaLiteForMaskedLM",
     "DebertaLiteForMultipleChoice",
     "DebertaLiteForQuestionAnswering",
     "DebertaLiteForSequenceClassification",

@@ -20,6 +20,7 @@ from transformers.activations import ACT2FN
 AUTO_MAP = {
     "AutoConfig": "configuration_deberta_lite.DebertaLiteConfig",
     "AutoModel": "modeling_deberta_lite.DebertaLiteModel",
+    "AutoModelForMaskedLM": "modeling_deberta_lite.DebertaLiteForMaskedLM",
     "AutoModelForSequenceClassification": "modeling_deberta_lite.DebertaLiteForSequenceClassification",
     "AutoModelForTokenClassification": "modeling_deberta_lite.DebertaLiteForTokenClassification",
     "AutoModelForQuestionAnswering": "modeling_deberta_lite.DebertaLiteForQuestionAnswering",

@@ -40,11 +40,16 @@ RENAMES = [
     ("layers.0.conv.norm.", "encoder.conv.LayerNorm."),
     ("rel_embeddings.", "encoder.rel_embeddings."),
     ("rel_norm.", "encoder.LayerNorm."),
+    # The MLM head under the original DeBERTa names (DebertaV2ForMaskedLM with legacy=False).
+    ("lm_head.dense.", "lm_predictions.lm_head.dense."),
+    ("lm_head.norm.", "lm_predictions.lm_head.LayerNorm."),
+    ("lm_head.decoder.bias", "lm_predictions.lm_head.bias"),
 ]
 
 # Head classes, one to one; head weights (pooler, classifier, qa_outputs) keep their names.
 ARCHITECTURES = {
     "DebertaV2Model": "DebertaLiteModel",
+    "DebertaV2ForMaskedLM": "DebertaLiteForMaskedLM",
     "DebertaV2ForSequenceClassification": "DebertaLiteForSequenceClassification",
     "DebertaV2ForTokenClassification": "DebertaLiteForTokenClassification",
     "DebertaV2ForQuestionAnswering": "DebertaLiteForQuestionAnswering",
@@ -52,6 +57,9 @@ ARCHITECTURES = {
 }
 
 POSITION_TABLE = "embeddings.position_embeddings.weight"
+# The replaced-token-detection head of original DeBERTa-v3 checkpoints: no DeBERTa-lite or DebertaV2 class has it,
+# and transformers drops it on load too.
+RTD_HEAD_PREFIX = "mask_predictions."
 
 # Fields DebertaV2 reads with getattr(config, name, default) and does not declare: absent means these values.
 V2_IMPLICIT_DEFAULTS = {
@@ -133,7 +141,8 @@ def lite_config_to_deberta_v2(config: DebertaLiteConfig) -> DebertaV2Config:
     reverse = {lite: v2 for v2, lite in ARCHITECTURES.items()}
     architectures = [_map_architecture(name, reverse) for name in config.architectures or []]
     values = {key: value for key, value in config.to_dict().items() if key not in NOT_CARRIED}
-    return DebertaV2Config(**values, architectures=architectures or None)
+    # legacy=False: DebertaV2's MLM head with the original DeBERTa weight names and tied output embeddings.
+    return DebertaV2Config(**values, architectures=architectures or None, legacy=False)
 
 
 def _map_architecture(name: str, mapping: dict[str, str]) -> str:
@@ -193,14 +202,26 @@ def _position_table_key(model: torch.nn.Module) -> str:
 def convert_deberta_v2_to_lite(input_dir, output_dir, allow_pickle: bool = False) -> None:
     """Convert a transformers DebertaV2 checkpoint directory into a DeBERTa-lite one (with remote code)."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    config = deberta_v2_config_to_lite(json.loads((input_dir / "config.json").read_text()))
-    state_dict = rename_state_dict(load_state_dict(input_dir, allow_pickle), V2_TO_LITE)
+    v2_config = json.loads((input_dir / "config.json").read_text())
+    config = deberta_v2_config_to_lite(v2_config)
+    source = load_state_dict(input_dir, allow_pickle)
+    if any(key.startswith("cls.predictions.") for key in source):
+        raise ConversionError(
+            "this checkpoint has transformers' legacy MLM head (cls.predictions.*); only the original DeBERTa head "
+            "names (lm_predictions.lm_head.*, DebertaV2ForMaskedLM with legacy=False) are converted"
+        )
+    if not config.architectures and any(key.startswith("lm_predictions.") for key in source):
+        config.architectures = ["DebertaLiteForMaskedLM"]  # original checkpoints name no architecture
+    state_dict = rename_state_dict(
+        {key: value for key, value in source.items() if not key.startswith(RTD_HEAD_PREFIX)}, V2_TO_LITE
+    )
     model_class = _architecture_class(config, modeling_deberta_lite, "DebertaLiteModel")
     with torch.device("meta"):
         reference = model_class(config)
     # A DebertaV2 checkpoint without input positions may lack the absolute table: it is then freshly initialised.
-    position_table = _position_table_key(reference)
-    check_against_architecture(state_dict, reference, allowed_missing={position_table}, allowed_unexpected=set())
+    # Tied output embeddings are not stored.
+    allowed_missing = {_position_table_key(reference), *(reference._tied_weights_keys or {})}
+    check_against_architecture(state_dict, reference, allowed_missing=allowed_missing, allowed_unexpected=set())
     model = model_class(config)
     model.load_state_dict(state_dict, strict=False)
     model.save_pretrained(output_dir)
@@ -211,7 +232,10 @@ def convert_lite_to_deberta_v2(input_dir, output_dir, allow_pickle: bool = False
     """Convert a DeBERTa-lite checkpoint directory into a transformers DebertaV2 one."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     config = lite_config_to_deberta_v2(DebertaLiteConfig.from_json_file(input_dir / "config.json"))
-    state_dict = rename_state_dict(load_state_dict(input_dir, allow_pickle), LITE_TO_V2)
+    tied = set(modeling_deberta_lite.DebertaLiteForMaskedLM._tied_weights_keys)
+    state_dict = rename_state_dict(
+        {key: value for key, value in load_state_dict(input_dir, allow_pickle).items() if key not in tied}, LITE_TO_V2
+    )
     with torch.device("meta"):
         reference = _architecture_class(config, modeling_deberta_v2, "DebertaV2Model")(config)
     # DebertaV2 builds no absolute table when position_biased_input=False; it is kept for the way back.

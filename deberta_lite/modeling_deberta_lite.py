@@ -29,6 +29,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
+    MaskedLMOutput,
     MultipleChoiceModelOutput,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
@@ -79,6 +80,17 @@ def build_relative_position(
         )
         relative_pos = make_log_bucket_position(relative_pos, config.position_buckets, max_position)
     return torch.clamp(relative_pos + span, 0, 2 * span - 1)
+
+
+def pair_attention_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """DeBERTa masks the outer product m_i·m_j: padded query rows are fully masked too, as in DebertaV2.
+
+    (B, N) padding mask -> bool (B, 1, N, N), True = attend; None stays None.
+    """
+    if attention_mask is None:
+        return None
+    keep = attention_mask.bool()
+    return keep[:, None, :, None] & keep[:, None, None, :]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,7 +322,9 @@ class DebertaLiteLayer(GradientCheckpointingLayer):
         attn_output = self.attention_norm(residual + self.dropout(attn_output))
         ffn_output = self.output(self.act(self.intermediate(attn_output)))
         layer_output = self.output_norm(attn_output + self.dropout(ffn_output))
-        if self.conv is not None:
+        # The EMD's query passes reuse the block but not the convolution, which the original applies in its encoder
+        # loop after the first layer only.
+        if self.conv is not None and query_states is None:
             layer_output = self.conv(hidden_states, layer_output, padding_mask)
         return layer_output
 
@@ -409,16 +423,148 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         seq_len = hidden_states.shape[1]
         relative_pos = build_relative_position(seq_len, seq_len, self.config, hidden_states.device)
         rel_embeddings = self.get_rel_embeddings()
-        # DeBERTa masks the outer product m_i·m_j, so padded query rows are fully masked too (as in DebertaV2).
-        pair_mask = None
-        if attention_mask is not None:
-            keep = attention_mask.bool()
-            pair_mask = keep[:, None, :, None] & keep[:, None, None, :]  # (B, 1, N, N)
+        pair_mask = pair_attention_mask(attention_mask)  # (B, 1, N, N)
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states, pair_mask, relative_pos, rel_embeddings, padding_mask=attention_mask, **kwargs
             )
         return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masked language modelling with the enhanced mask decoder (EMD)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DebertaLiteLMHead(nn.Module):
+    """dense(H -> E) -> activation -> LayerNorm -> logits against the tied word embeddings, plus a bias."""
+
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.norm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.embedding_size, config.vocab_size)  # weight tied to word_embeddings
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden_states))))
+
+
+class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
+    """MLM through the enhanced mask decoder: absolute positions enter only right before the softmax.
+
+    With labels, only the masked positions (labels != -100) are decoded and `logits` is (num_masked, vocab) in
+    row-major order of the mask; without labels it is (B, N, vocab), as `pipeline("fill-mask")` needs.
+    """
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "deberta.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__(config)
+        self.deberta = DebertaLiteModel(config)
+        self.lm_head = DebertaLiteLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head.decoder = new_embeddings
+
+    @property
+    def uses_emd(self) -> bool:
+        # The original decodes through the EMD only when the input carries no absolute positions.
+        return self.config.emd_num_layers > 0 and not self.config.position_biased_input
+
+    def enhanced_mask_decoder(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+    ) -> torch.Tensor:
+        """Z1 = H + E_abs, Z_{t+1} = last_layer(keys/values H, query Z_t), `emd_num_layers` times.
+
+        H is the second-to-last encoder output; the last layer's own weights are reused, with the same relative
+        positions and relative table, so the EMD adds no parameters.
+        """
+        embeddings = self.deberta.embeddings
+        seq_len = hidden_states.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=hidden_states.device)[None, :]
+        absolute = embeddings.position_embeddings(position_ids)  # raw rows, not layer-normed
+        if embeddings.embed_proj is not None:  # the table is embedding_size wide
+            absolute = embeddings.embed_proj(absolute)
+        relative_pos = build_relative_position(seq_len, seq_len, self.config, hidden_states.device)
+        rel_embeddings = self.deberta.get_rel_embeddings()
+        pair_mask = pair_attention_mask(attention_mask)
+        last_layer = self.deberta.layers[-1]
+        query_states = hidden_states + absolute
+        for _ in range(self.config.emd_num_layers):
+            query_states = last_layer(
+                hidden_states,
+                pair_mask,
+                relative_pos,
+                rel_embeddings,
+                padding_mask=attention_mask,
+                query_states=query_states,
+            )
+        return query_states
+
+    def _check_emd_length(self, seq_len: int, position_ids: torch.LongTensor | None):
+        limit = self.config.max_position_embeddings
+        too_far = position_ids is not None and not is_torchdynamo_compiling() and int(position_ids.max()) >= limit
+        if seq_len > limit or too_far:
+            raise ValueError(
+                f"Masked LM input of {seq_len} tokens: the enhanced mask decoder adds absolute position embeddings, "
+                f"so masked LM is capped at max_position_embeddings={limit} tokens (position ids below {limit}). "
+                "Truncate the input; the bare encoder (DebertaLiteModel) has no such cap."
+            )
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:
+        if self.uses_emd and (input_ids is not None or inputs_embeds is not None):
+            self._check_emd_length((input_ids if input_ids is not None else inputs_embeds).shape[1], position_ids)
+        return_hidden_states = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
+        outputs = self.deberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=bool(return_hidden_states) or self.uses_emd,  # the EMD reads hidden_states[-2]
+            **kwargs,
+        )
+        if self.uses_emd:
+            sequence_output = self.enhanced_mask_decoder(outputs.hidden_states[-2], attention_mask, position_ids)
+        else:
+            sequence_output = outputs.last_hidden_state
+
+        loss = None
+        if labels is None:
+            logits = self.lm_head(sequence_output)  # (B, N, V)
+        else:
+            # Decode only the masked positions: the vocabulary projection is most of the head's cost.
+            masked = labels != -100
+            logits = self.lm_head(sequence_output[masked])  # (num_masked, V)
+            if logits.shape[0]:
+                loss = CrossEntropyLoss()(logits.float(), labels[masked])
+            else:  # nothing masked in this batch: a zero loss that still backpropagates
+                loss = sequence_output.sum() * 0.0
+        return MaskedLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if return_hidden_states else None,
+            attentions=outputs.attentions,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -622,6 +768,7 @@ class DebertaLiteForMultipleChoice(DebertaLitePreTrainedModel):
 
 
 __all__ = [
+    "DebertaLiteForMaskedLM",
     "DebertaLiteForMultipleChoice",
     "DebertaLiteForQuestionAnswering",
     "DebertaLiteForSequenceClassification",

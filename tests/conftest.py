@@ -15,7 +15,8 @@ from deberta_lite import DebertaLiteConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The real data sets live beside the checkout (../shared/data); DEBERTA_LITE_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("DEBERTA_LITE_DATA", ROOT.parent / "shared" / "data"))
 
 TINY = dict(
     vocab_size=100,

@@ -11,6 +11,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForMultipleChoice,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -20,6 +21,7 @@ from transformers import (
 import deberta_lite
 from deberta_lite import (
     DebertaLiteConfig,
+    DebertaLiteForMaskedLM,
     DebertaLiteForMultipleChoice,
     DebertaLiteForQuestionAnswering,
     DebertaLiteForSequenceClassification,
@@ -33,6 +35,7 @@ from conftest import padded_batch, tiny_config
 
 HEADS = [
     (AutoModel, DebertaLiteModel),
+    (AutoModelForMaskedLM, DebertaLiteForMaskedLM),
     (AutoModelForSequenceClassification, DebertaLiteForSequenceClassification),
     (AutoModelForTokenClassification, DebertaLiteForTokenClassification),
     (AutoModelForQuestionAnswering, DebertaLiteForQuestionAnswering),

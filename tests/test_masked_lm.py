@@ -1,0 +1,200 @@
+"""The masked LM head and its enhanced mask decoder (EMD)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch.testing import assert_close
+from transformers import AutoModelForMaskedLM, DebertaV2Config, DebertaV2ForMaskedLM, DebertaV2Tokenizer, pipeline
+from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position as v2_relative_position
+
+from deberta_lite import DebertaLiteForMaskedLM
+from deberta_lite.convert import convert_checkpoint
+
+from conftest import SHARED_DATA, padded_batch, tiny_config
+
+
+def _labels(input_ids, attention_mask, positions):
+    labels = torch.full_like(input_ids, -100)
+    for row, column in positions:
+        labels[row, column] = input_ids[row, column]
+    assert (attention_mask[labels != -100] == 1).all()
+    return labels
+
+
+def independent_emd_logits(model, input_ids, attention_mask):
+    """The EMD and MLM head rebuilt from the encoder's own modules, without the head's code path."""
+    config = model.config
+    encoder = model.deberta
+    hidden = encoder(input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-2]
+    seq_len = input_ids.shape[1]
+    # Relative positions from transformers' own DebertaV2 function, shifted and clamped as DebertaV2 does.
+    span = config.position_buckets
+    relative = v2_relative_position(hidden, hidden, config.position_buckets, config.max_relative_positions)[0]
+    relative = torch.clamp(relative + span, 0, 2 * span - 1)
+    rel_embeddings = encoder.rel_norm(encoder.rel_embeddings.weight)
+    keep = attention_mask.bool()
+    pair_mask = keep[:, None, :, None] & keep[:, None, None, :]
+    query = hidden + encoder.embeddings.position_embeddings.weight[:seq_len]
+    for _ in range(config.emd_num_layers):
+        query = encoder.layers[-1](hidden, pair_mask, relative, rel_embeddings, padding_mask=attention_mask,
+                                   query_states=query)
+    head = model.lm_head
+    transformed = head.norm(torch.nn.functional.gelu(head.dense(query)))
+    return transformed @ encoder.embeddings.word_embeddings.weight.T + head.decoder.bias
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_emd_matches_an_independent_computation(backend):
+    model = DebertaLiteForMaskedLM(tiny_config())
+    model.set_attn_implementation(backend)
+    model.eval()
+    input_ids, attention_mask = padded_batch()
+    expected = independent_emd_logits(model, input_ids, attention_mask)
+    logits = model(input_ids, attention_mask=attention_mask).logits
+    assert logits.shape == (3, 12, 100)
+    keep = attention_mask.bool()
+    assert_close(logits[keep], expected[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_masked_only_decoding_gives_the_full_decoding_loss():
+    model = DebertaLiteForMaskedLM(tiny_config()).eval()
+    input_ids, attention_mask = padded_batch()
+    labels = _labels(input_ids, attention_mask, [(0, 1), (1, 3), (1, 11), (2, 0), (2, 5)])
+    sparse = model(input_ids, attention_mask=attention_mask, labels=labels)
+    full = model(input_ids, attention_mask=attention_mask).logits
+    assert sparse.logits.shape == (5, 100)  # only the masked positions were decoded
+    assert_close(sparse.logits, full[labels != -100], atol=1e-5, rtol=1e-5)
+    assert_close(sparse.loss, torch.nn.functional.cross_entropy(full.view(-1, 100), labels.view(-1)))
+
+
+def test_batch_with_nothing_masked_has_zero_loss():
+    model = DebertaLiteForMaskedLM(tiny_config()).train()
+    input_ids, attention_mask = padded_batch()
+    loss = model(input_ids, attention_mask=attention_mask, labels=torch.full_like(input_ids, -100)).loss
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+def test_emd_injects_absolute_positions_and_can_be_turned_off():
+    input_ids, attention_mask = padded_batch()
+    with_emd = DebertaLiteForMaskedLM(tiny_config()).eval()
+    without = DebertaLiteForMaskedLM(tiny_config(emd_num_layers=0)).eval()
+    without.load_state_dict(with_emd.state_dict())
+    plain = without(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    # EMD off: the head reads the last encoder layer directly.
+    assert_close(plain.logits, without.lm_head(plain.hidden_states[-1]))
+    emd = with_emd(input_ids, attention_mask=attention_mask).logits
+    assert (emd - plain.logits).abs().max() > 1e-3
+    # The EMD changes with the absolute table; the EMD-free head does not.
+    with torch.no_grad():
+        with_emd.deberta.embeddings.position_embeddings.weight.normal_()
+        without.deberta.embeddings.position_embeddings.weight.normal_()
+    assert (with_emd(input_ids, attention_mask=attention_mask).logits - emd).abs().max() > 1e-3
+    assert torch.equal(without(input_ids, attention_mask=attention_mask).logits, plain.logits)
+
+
+def test_no_emd_when_the_input_already_has_absolute_positions():
+    model = DebertaLiteForMaskedLM(tiny_config(position_biased_input=True)).eval()
+    assert not model.uses_emd
+    input_ids, attention_mask = padded_batch()
+    out = model(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    assert_close(out.logits, model.lm_head(out.hidden_states[-1]))
+
+
+def test_masked_lm_beyond_max_position_embeddings_is_a_clear_error():
+    model = DebertaLiteForMaskedLM(tiny_config()).eval()  # max_position_embeddings 64
+    with pytest.raises(ValueError, match="enhanced mask decoder.*max_position_embeddings=64"):
+        model(torch.randint(3, 100, (1, 65)))
+    model.deberta(torch.randint(3, 100, (1, 65)))  # the bare encoder has no cap
+
+
+def test_output_embeddings_are_tied_and_training_continues_after_resize():
+    model = DebertaLiteForMaskedLM(tiny_config()).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    input_ids, attention_mask = padded_batch()
+    labels = _labels(input_ids, attention_mask, [(0, 1), (1, 2), (2, 3)])
+
+    def step(ids, targets):
+        optimizer.zero_grad()
+        loss = model(ids, attention_mask=attention_mask, labels=targets).loss
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    assert model.lm_head.decoder.weight is model.deberta.embeddings.word_embeddings.weight
+    step(input_ids, labels)
+    model.resize_token_embeddings(107)
+    assert model.config.vocab_size == 107
+    assert model.lm_head.decoder.weight is model.deberta.embeddings.word_embeddings.weight
+    assert model.lm_head.decoder.bias.shape == (107,)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    new_ids = input_ids.clone()
+    new_ids[:, 2] = 105  # a new token in the input and as a target
+    new_labels = labels.clone()
+    new_labels[0, 1] = 106
+    losses = [step(new_ids, new_labels) for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert model.deberta.embeddings.word_embeddings.weight.grad[105].abs().sum() > 0
+
+
+V2_MLM = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+              max_position_embeddings=64, relative_attention=True, position_buckets=8, max_relative_positions=32,
+              share_att_key=True, norm_rel_ebd="layer_norm", pos_att_type="p2c|c2p", position_biased_input=False,
+              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, legacy=False)
+
+
+def test_conversion_with_debertav2_masked_lm_both_ways(tmp_path):
+    reference = DebertaV2ForMaskedLM(DebertaV2Config(**V2_MLM)).eval()
+    reference.save_pretrained(tmp_path / "v2")
+    assert any(key.startswith("lm_predictions.lm_head.") for key in load_file(tmp_path / "v2" / "model.safetensors"))
+    convert_checkpoint(tmp_path / "v2", tmp_path / "lite")
+    # transformers has no EMD: with the EMD off both read the last layer and must agree.
+    lite = AutoModelForMaskedLM.from_pretrained(tmp_path / "lite", emd_num_layers=0).eval()
+    assert isinstance(lite, DebertaLiteForMaskedLM)
+    input_ids, attention_mask = padded_batch()
+    assert_close(lite(input_ids, attention_mask=attention_mask).logits,
+                 reference(input_ids, attention_mask=attention_mask).logits, atol=1e-5, rtol=1e-5)
+    convert_checkpoint(tmp_path / "lite", tmp_path / "back")
+    back = load_file(tmp_path / "back" / "model.safetensors")
+    assert {k for k in back if "lm_predictions" in k} == {
+        "lm_predictions.lm_head.dense.weight", "lm_predictions.lm_head.dense.bias",
+        "lm_predictions.lm_head.LayerNorm.weight", "lm_predictions.lm_head.LayerNorm.bias",
+        "lm_predictions.lm_head.bias"}
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["legacy"] is False
+    again = DebertaV2ForMaskedLM.from_pretrained(tmp_path / "back").eval()
+    assert_close(again(input_ids, attention_mask=attention_mask).logits,
+                 reference(input_ids, attention_mask=attention_mask).logits)
+
+
+def test_original_style_checkpoint_becomes_masked_lm_with_its_position_table(tmp_path):
+    reference = DebertaV2ForMaskedLM(DebertaV2Config(**V2_MLM))
+    reference.save_pretrained(tmp_path / "v2")
+    # As in Microsoft's checkpoints: no architectures, an absolute table, and an RTD head nobody loads.
+    config = json.loads((tmp_path / "v2" / "config.json").read_text())
+    config.pop("architectures")
+    (tmp_path / "v2" / "config.json").write_text(json.dumps(config))
+    weights = load_file(tmp_path / "v2" / "model.safetensors")
+    table = torch.randn(64, 32)
+    weights["deberta.embeddings.position_embeddings.weight"] = table
+    weights["mask_predictions.classifier.weight"] = torch.randn(1, 32)
+    save_file(weights, tmp_path / "v2" / "model.safetensors")
+    convert_checkpoint(tmp_path / "v2", tmp_path / "lite")
+    lite = AutoModelForMaskedLM.from_pretrained(tmp_path / "lite")
+    assert isinstance(lite, DebertaLiteForMaskedLM)
+    assert torch.equal(lite.deberta.embeddings.position_embeddings.weight, table)
+
+
+def test_fill_mask_pipeline_on_a_saved_checkpoint(tmp_path):
+    shutil.copy(SHARED_DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
+    tokenizer = DebertaV2Tokenizer.from_pretrained(tmp_path)
+    model = DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    fill = pipeline("fill-mask", model=str(tmp_path / "checkpoint"), top_k=3)
+    predictions = fill(f"The man went to the {tokenizer.mask_token}.")
+    assert len(predictions) == 3
+    assert all(isinstance(p["token_str"], str) and 0 <= p["score"] <= 1 for p in predictions)
+    assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"]
