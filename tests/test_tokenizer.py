@@ -1,0 +1,78 @@
+import importlib.util
+import itertools
+
+import pytest
+from transformers import AutoTokenizer, DebertaV2Tokenizer
+
+from deberta_lite.tokenization import SPECIAL_TOKENS, read_text_files, tokenizer_from_spm, train_unigram_tokenizer
+
+from conftest import ROOT, SHARED_DATA
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_tokenizer", ROOT / "scripts" / "train_tokenizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def wiki_lines():
+    return list(itertools.islice(read_text_files([SHARED_DATA / "wiki" / "train.txt"]), 2000))
+
+
+def test_trained_tokenizer_round_trips_through_auto_tokenizer(wiki_lines, tmp_path):
+    tokenizer = train_unigram_tokenizer(wiki_lines, vocab_size=1500)
+    assert len(tokenizer) == 1500
+    assert tokenizer.convert_ids_to_tokens(list(range(5))) == SPECIAL_TOKENS
+    assert (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.unk_token_id,
+            tokenizer.mask_token_id) == (0, 1, 2, 3, 4)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert isinstance(loaded, DebertaV2Tokenizer)
+    texts = wiki_lines[100:140] + ["  Tabs\tand\nnew lines,  café — 1923 ünïcode ✓ "]
+    for text in texts:
+        assert loaded(text).input_ids == tokenizer(text).input_ids
+    assert loaded.decode(loaded("the old city of rome").input_ids, skip_special_tokens=True) == "the old city of rome"
+    pieces = tokenizer.tokenize("The river flows north")
+    assert pieces[0].startswith("▁") and all(isinstance(p, str) for p in pieces)
+
+
+def test_pairs_get_cls_a_sep_b_sep_with_token_types(wiki_lines):
+    tokenizer = train_unigram_tokenizer(wiki_lines, vocab_size=1200)
+    first, second = tokenizer("the city").input_ids, tokenizer("a river").input_ids
+    pair = tokenizer("the city", "a river")
+    assert pair.input_ids == [1, *first[1:-1], 2, *second[1:-1], 2]
+    assert pair.token_type_ids == [0] * len(first) + [1] * (len(second) - 1)
+
+
+def test_empty_corpus_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n   \n\n")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        train_unigram_tokenizer(read_text_files([empty]), vocab_size=100)
+    with pytest.raises(SystemExit, match="corpus is empty"):
+        _script().main(["--train_files", str(empty), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="not found"):
+        _script().main(["--train_files", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "out")])
+
+
+def test_wrapping_an_existing_spm_model(tmp_path):
+    import sentencepiece
+
+    spm_path = SHARED_DATA / "spm" / "unigram_1000.model"
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_path))
+    _script().main(["--spm_model", str(spm_path), "--output_dir", str(tmp_path)])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert tokenizer.convert_ids_to_tokens(list(range(5))) == SPECIAL_TOKENS
+    # Same pieces and segmentation as SentencePiece itself (its three control/unknown pieces replaced by ours).
+    assert len(tokenizer) == processor.get_piece_size() - 3 + len(SPECIAL_TOKENS)
+    text = "I am a cat. As yet I have no name."
+    assert tokenizer.tokenize(text) == processor.encode(text, out_type=str)
+
+
+def test_script_trains_from_text_files(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((SHARED_DATA / "wiki" / "validation.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    tokenizer = _script().main(["--train_files", str(corpus), "--vocab_size", "800", "--output_dir", str(tmp_path / "t")])
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "t")) == len(tokenizer) == 800
