@@ -14,6 +14,7 @@ from deberta_lite import DebertaLiteForMaskedLM
 from deberta_lite.convert import convert_checkpoint
 
 from conftest import SHARED_DATA, padded_batch, tiny_config
+from test_parity import CASES, V2_TINY
 
 
 def _labels(input_ids, attention_mask, positions):
@@ -140,10 +141,7 @@ def test_output_embeddings_are_tied_and_training_continues_after_resize():
     assert model.deberta.embeddings.word_embeddings.weight.grad[105].abs().sum() > 0
 
 
-V2_MLM = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-              max_position_embeddings=64, relative_attention=True, position_buckets=8, max_relative_positions=32,
-              share_att_key=True, norm_rel_ebd="layer_norm", pos_att_type="p2c|c2p", position_biased_input=False,
-              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, legacy=False)
+V2_MLM = {**V2_TINY, **CASES["v3"], "legacy": False}
 
 
 def test_conversion_with_debertav2_masked_lm_both_ways(tmp_path):

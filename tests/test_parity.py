@@ -19,20 +19,14 @@ from transformers import (
 from deberta_lite import DebertaLiteForSequenceClassification, DebertaLiteModel
 from deberta_lite.convert import ConversionError, convert_checkpoint
 
-from conftest import ROOT, SHARED_DATA, padded_batch, tiny_config
+from conftest import ROOT, SHARED_DATA, TINY, padded_batch, tiny_config
 
 
-V2_TINY = dict(
-    vocab_size=100,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    relative_attention=True,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
+# The shared tiny model, in DebertaV2's terms (the relative-position fields vary per case below).
+V2_TINY = {
+    **{key: value for key, value in TINY.items() if key not in ("position_buckets", "max_relative_positions")},
+    "relative_attention": True,
+}
 
 CASES = {
     # (a) DeBERTa-v3: buckets, shared keys, layer-normed relative table, no absolute input positions
