@@ -95,8 +95,8 @@ REMOTE_SCRIPT = textwrap.dedent(
     except ImportError:
         pass
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-    directory, inputs_path, outputs_path = sys.argv[1:4]
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+    directory, mlm_directory, inputs_path, outputs_path = sys.argv[1:5]
     inputs = torch.load(inputs_path)
     config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
     assert type(config).__name__ == "DebertaLiteConfig", type(config)
@@ -104,8 +104,11 @@ REMOTE_SCRIPT = textwrap.dedent(
     base = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
     head = AutoModelForSequenceClassification.from_pretrained(directory, trust_remote_code=True).eval()
     assert type(head).__name__ == "DebertaLiteForSequenceClassification"
+    mlm = AutoModelForMaskedLM.from_pretrained(mlm_directory, trust_remote_code=True).eval()
+    assert type(mlm).__name__ == "DebertaLiteForMaskedLM"
     with torch.no_grad():
-        torch.save({"base": base(**inputs).last_hidden_state, "logits": head(**inputs).logits}, outputs_path)
+        torch.save({"base": base(**inputs).last_hidden_state, "logits": head(**inputs).logits,
+                    "mlm": mlm(**inputs).logits}, outputs_path)
     """
 )
 
@@ -113,14 +116,16 @@ REMOTE_SCRIPT = textwrap.dedent(
 def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
     model = DebertaLiteForSequenceClassification(tiny_config(num_labels=3)).eval()
     model.save_pretrained(tmp_path / "checkpoint")
+    mlm = DebertaLiteForMaskedLM(tiny_config()).eval()
+    mlm.save_pretrained(tmp_path / "mlm")
     input_ids, attention_mask = padded_batch()
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     torch.save(inputs, tmp_path / "inputs.pt")
     (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
     result = subprocess.run(
-        [sys.executable, str(tmp_path / "remote.py"), str(tmp_path / "checkpoint"), str(tmp_path / "inputs.pt"),
-         str(tmp_path / "outputs.pt")],
+        [sys.executable, str(tmp_path / "remote.py"), str(tmp_path / "checkpoint"), str(tmp_path / "mlm"),
+         str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -128,3 +133,4 @@ def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
     with torch.no_grad():
         assert torch.equal(outputs["logits"], model(**inputs).logits)
         assert torch.equal(outputs["base"], model.deberta(**inputs).last_hidden_state)
+        assert torch.equal(outputs["mlm"], mlm(**inputs).logits)
