@@ -342,6 +342,9 @@ class DebertaLitePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DebertaLiteEmbeddings", "DebertaLiteLayer"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    # Our losses are means over the batch: Trainer must scale them for gradient accumulation itself. (It would not,
+    # seeing **kwargs in forward, if this were True.) The MLM head overrides it and honours num_items_in_batch.
+    accepts_loss_kwargs = False
     _can_record_outputs = {"hidden_states": DebertaLiteLayer, "attentions": DebertaLiteAttention}
 
 
@@ -458,6 +461,9 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
     """
 
     _tied_weights_keys = {"lm_head.decoder.weight": "deberta.embeddings.word_embeddings.weight"}
+    # Never stored: Trainer then re-ties instead of warning about a missing key when it resumes a checkpoint.
+    _keys_to_ignore_on_save = ["lm_head.decoder.weight"]
+    accepts_loss_kwargs = True
 
     def __init__(self, config: DebertaLiteConfig):
         super().__init__(config)
@@ -533,6 +539,9 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
     ) -> MaskedLMOutput:
         if self.uses_emd and (input_ids is not None or inputs_embeds is not None):
             self._check_emd_length((input_ids if input_ids is not None else inputs_embeds).shape[1], position_ids)
+        # Trainer's count of masked tokens over the whole accumulated batch: sum the loss and divide by it, so
+        # gradient accumulation weighs every masked token equally.
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         return_hidden_states = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
         outputs = self.deberta(
             input_ids,
@@ -555,7 +564,9 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
             # Decode only the masked positions: the vocabulary projection is most of the head's cost.
             masked = labels != -100
             logits = self.lm_head(sequence_output[masked])  # (num_masked, V)
-            if logits.shape[0]:
+            if logits.shape[0] and num_items_in_batch is not None:
+                loss = CrossEntropyLoss(reduction="sum")(logits.float(), labels[masked]) / num_items_in_batch
+            elif logits.shape[0]:
                 loss = CrossEntropyLoss()(logits.float(), labels[masked])
             else:  # nothing masked in this batch: a zero loss that still backpropagates
                 loss = sequence_output.sum() * 0.0
