@@ -74,12 +74,26 @@ class DataCollatorForDebertaMLM:
         self._random_ids = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special])
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.pad(examples)
+        if "labels" not in batch:
+            batch["input_ids"], batch["labels"] = self.mask_tokens(batch["input_ids"], batch["attention_mask"])
+        return batch
+
+    def pad(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Pad without masking; labels already present (a fixed evaluation set) are padded with -100."""
         batch = self.tokenizer.pad(
             [{key: example[key] for key in ("input_ids", "token_type_ids") if key in example} for example in examples],
             return_tensors="pt",
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
-        batch["input_ids"], batch["labels"] = self.mask_tokens(batch["input_ids"], batch["attention_mask"])
+        if "labels" in examples[0]:  # masked already (a fixed evaluation set): only pad the labels
+            length = batch["input_ids"].shape[1]
+            left = self.tokenizer.padding_side == "left"
+            padded = []
+            for example in examples:
+                filler = [-100] * (length - len(example["labels"]))
+                padded.append(filler + list(example["labels"]) if left else list(example["labels"]) + filler)
+            batch["labels"] = torch.tensor(padded)
         return dict(batch)
 
     def chosen_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

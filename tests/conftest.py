@@ -1,5 +1,6 @@
 """Shared fixtures: offline, seeded, tiny configs (vocab 100, hidden 32, 2 layers)."""
 
+import importlib.util
 import os
 
 # Before anything imports huggingface_hub: tests never touch the network.
@@ -30,6 +31,14 @@ TINY = dict(
     hidden_dropout_prob=0.0,
     attention_probs_dropout_prob=0.0,
 )
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module, so tests call its main(argv) directly."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides) -> DebertaLiteConfig:

@@ -19,7 +19,7 @@ from transformers import (
 from deberta_lite import DebertaLiteForSequenceClassification, DebertaLiteModel
 from deberta_lite.convert import ConversionError, convert_checkpoint
 
-from conftest import ROOT, SHARED_DATA, TINY, padded_batch, tiny_config
+from conftest import SHARED_DATA, TINY, load_script, padded_batch, tiny_config
 
 
 # The shared tiny model, in DebertaV2's terms (the relative-position fields vary per case below).
@@ -173,11 +173,7 @@ def test_pickle_weights_need_an_explicit_opt_in(tmp_path):
 
 
 def test_convert_script(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("convert_script", ROOT / "scripts" / "convert_checkpoint.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("convert_checkpoint")
     reference = DebertaV2Model(DebertaV2Config(**V2_TINY, **CASES["v1"])).eval()
     reference.save_pretrained(tmp_path / "v2")
     script.main(["--input", str(tmp_path / "v2"), "--output", str(tmp_path / "lite")])

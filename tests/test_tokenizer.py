@@ -1,4 +1,3 @@
-import importlib.util
 import itertools
 
 import pytest
@@ -6,14 +5,10 @@ from transformers import AutoTokenizer, DebertaV2Tokenizer
 
 from deberta_lite.tokenization import SPECIAL_TOKENS, read_text_files, tokenizer_from_spm, train_unigram_tokenizer
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, load_script
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("train_tokenizer", ROOT / "scripts" / "train_tokenizer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+train_tokenizer = load_script("train_tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +47,9 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="corpus is empty"):
         train_unigram_tokenizer(read_text_files([empty]), vocab_size=100)
     with pytest.raises(SystemExit, match="corpus is empty"):
-        _script().main(["--train_files", str(empty), "--output_dir", str(tmp_path / "out")])
+        train_tokenizer.main(["--train_files", str(empty), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="not found"):
-        _script().main(["--train_files", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "out")])
+        train_tokenizer.main(["--train_files", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "out")])
 
 
 def test_wrapping_an_existing_spm_model(tmp_path):
@@ -62,7 +57,7 @@ def test_wrapping_an_existing_spm_model(tmp_path):
 
     spm_path = SHARED_DATA / "spm" / "unigram_1000.model"
     processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_path))
-    _script().main(["--spm_model", str(spm_path), "--output_dir", str(tmp_path)])
+    train_tokenizer.main(["--spm_model", str(spm_path), "--output_dir", str(tmp_path)])
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     assert tokenizer.convert_ids_to_tokens(list(range(5))) == SPECIAL_TOKENS
     # Same pieces and segmentation as SentencePiece itself (its three control/unknown pieces replaced by ours).
@@ -74,5 +69,5 @@ def test_wrapping_an_existing_spm_model(tmp_path):
 def test_script_trains_from_text_files(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text((SHARED_DATA / "wiki" / "validation.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
-    tokenizer = _script().main(["--train_files", str(corpus), "--vocab_size", "800", "--output_dir", str(tmp_path / "t")])
+    tokenizer = train_tokenizer.main(["--train_files", str(corpus), "--vocab_size", "800", "--output_dir", str(tmp_path / "t")])
     assert len(AutoTokenizer.from_pretrained(tmp_path / "t")) == len(tokenizer) == 800

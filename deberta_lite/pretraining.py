@@ -1,0 +1,213 @@
+"""The library side of MLM pretraining: data, blocks, the model, evaluation masks and metrics.
+
+`scripts/pretrain_mlm.py` is a thin Trainer script over these functions; `scripts/compare_pretraining.py` and the
+tests call them directly.
+"""
+
+import json
+import math
+from itertools import chain
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase, Trainer
+
+from .configuration_deberta_lite import DebertaLiteConfig
+from .masking import DataCollatorForDebertaMLM
+from .modeling_deberta_lite import DebertaLiteForMaskedLM
+
+
+# File suffix -> datasets builder.
+DATA_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_raw_datasets(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    validation_split_percentage: int = 5,
+    text_column: str = "text",
+    cache_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """Train and validation text from the Hub (`dataset_name`) or local files; validation carved from train if absent.
+
+    Returns a DatasetDict with one column, `text_column`, and no blank rows.
+    """
+    if dataset_name:
+        raw = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        where = dataset_name
+    else:
+        if not train_file:
+            raise ValueError("give --dataset_name or --train_file")
+        files = {"train": train_file, **({"validation": validation_file} if validation_file else {})}
+        suffixes = {Path(path).suffix.lower() for path in files.values()}
+        for path in files.values():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"data file not found: {path}")
+            if Path(path).suffix.lower() not in DATA_BUILDERS:
+                raise ValueError(f"{path}: unsupported file type; use one of {sorted(DATA_BUILDERS)}")
+        if len({DATA_BUILDERS[suffix] for suffix in suffixes}) > 1:
+            raise ValueError(f"train and validation files must be of one type, got {sorted(suffixes)}")
+        raw = datasets.load_dataset(DATA_BUILDERS[suffixes.pop()], data_files=files, cache_dir=cache_dir)
+        where = train_file
+    if "train" not in raw:
+        raise ValueError(f"{where} has no train split; splits: {list(raw)}")
+    if text_column not in raw["train"].column_names:
+        raise ValueError(f"{where} has no text column {text_column!r}; columns: {raw['train'].column_names}")
+    if "validation" not in raw:
+        held_out = max(1, len(raw["train"]) * validation_split_percentage // 100)
+        raw = datasets.DatasetDict(
+            train=raw["train"].select(range(held_out, len(raw["train"]))),
+            validation=raw["train"].select(range(held_out)),
+        )
+    raw = datasets.DatasetDict({split: raw[split] for split in ("train", "validation")})
+    raw = raw.select_columns([text_column])
+    return raw.filter(lambda row: bool(row[text_column] and row[text_column].strip()), desc="Dropping blank rows")
+
+
+def tokenize_and_group(
+    raw: datasets.DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    text_column: str = "text",
+    num_proc: int | None = None,
+    load_from_cache_file: bool = True,
+) -> datasets.DatasetDict:
+    """Tokenise, concatenate and cut into blocks of exactly `max_seq_length`: [CLS] pieces [SEP] (tail dropped)."""
+    if max_seq_length < 3:
+        raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
+    block = max_seq_length - 2
+
+    def tokenize(batch):
+        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]}
+
+    def group(batch):
+        ids = list(chain.from_iterable(batch["input_ids"]))
+        usable = len(ids) // block * block
+        return {
+            "input_ids": [
+                [tokenizer.cls_token_id, *ids[start : start + block], tokenizer.sep_token_id]
+                for start in range(0, usable, block)
+            ]
+        }
+
+    tokenized = raw.map(
+        tokenize,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=[text_column],
+        load_from_cache_file=load_from_cache_file,
+        desc="Tokenizing",
+    )
+    grouped = tokenized.map(
+        group, batched=True, num_proc=num_proc, load_from_cache_file=load_from_cache_file,
+        desc=f"Grouping into blocks of {max_seq_length}",
+    )
+    for split, dataset in grouped.items():
+        if len(dataset) == 0:
+            raise ValueError(f"the {split} split has fewer than {max_seq_length} tokens: no block to train or evaluate on")
+    return grouped
+
+
+def mask_once(dataset: datasets.Dataset, collator: DataCollatorForDebertaMLM, seed: int) -> datasets.Dataset:
+    """Mask an evaluation set once, with its own seed, so every evaluation and every model sees the same masks.
+
+    The collator leaves examples that already carry labels as they are. torch's global generator is untouched.
+    """
+
+    def mask(batch):
+        ids = torch.tensor(batch["input_ids"])
+        masked, labels = collator.mask_tokens(ids, torch.ones_like(ids))
+        return {"input_ids": masked.tolist(), "labels": labels.tolist()}
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # Fixed-length blocks, one batch: the masks depend only on the seed.
+        return dataset.map(mask, batched=True, batch_size=len(dataset), load_from_cache_file=False,
+                           desc="Masking the evaluation set")
+
+
+class MaskingTrainer(Trainer):
+    """A Trainer that masks each training batch inside the training step, with the given collator's strategy.
+
+    Masks drawn in the data collator cannot be replayed after a resume: Trainer fetches the first batch of a resumed
+    epoch before it restores the saved RNG state. Drawn here, after that restore, a resumed run masks (and drops
+    out) exactly as an uninterrupted one. Evaluation sets arrive masked already (`mask_once`) and pass untouched.
+    """
+
+    def __init__(self, *args, masker: DataCollatorForDebertaMLM, **kwargs):
+        super().__init__(*args, data_collator=masker.pad, **kwargs)
+        self.masker = masker
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if "labels" not in inputs:
+            input_ids = inputs["input_ids"]
+            masked, labels = self.masker.mask_tokens(input_ids.cpu(), inputs["attention_mask"].cpu())
+            inputs = {**inputs, "input_ids": masked.to(input_ids.device), "labels": labels.to(input_ids.device)}
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def build_masked_lm(
+    tokenizer: PreTrainedTokenizerBase,
+    model_name_or_path: str | None = None,
+    config_name: str | None = None,
+    config_overrides: str | None = None,
+) -> DebertaLiteForMaskedLM:
+    """An existing checkpoint, or a new model from a config JSON sized to the tokenizer."""
+    if model_name_or_path:
+        model = AutoModelForMaskedLM.from_pretrained(model_name_or_path)
+        if len(tokenizer) > model.config.vocab_size:
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    if not config_name:
+        raise ValueError("give --model_name_or_path (a checkpoint) or --config_name (a model config JSON)")
+    values = json.loads(Path(config_name).read_text())
+    values.update(parse_overrides(config_overrides))
+    values.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    values.pop("model_type", None)
+    return DebertaLiteForMaskedLM(DebertaLiteConfig(**values))
+
+
+def parse_overrides(overrides: str | None) -> dict:
+    """"hidden_size=64,num_hidden_layers=2" -> {"hidden_size": 64, "num_hidden_layers": 2} (JSON values)."""
+    parsed = {}
+    for item in filter(None, (overrides or "").split(",")):
+        if "=" not in item:
+            raise ValueError(f"config override {item!r} is not of the form name=value")
+        name, value = (part.strip() for part in item.split("=", 1))
+        try:
+            parsed[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[name] = value
+    return parsed
+
+
+def predictions_from_logits(logits, labels: torch.Tensor) -> torch.Tensor:
+    """For Trainer's `preprocess_logits_for_metrics`: predicted ids laid out like `labels`, -100 elsewhere.
+
+    Accepts DeBERTa-lite's masked-only logits (num_masked, V) and dense logits (B, N, V) alike; keeping the labels'
+    shape keeps predictions aligned when batches are gathered across processes.
+    """
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    if logits.dim() == 3:
+        return logits.argmax(-1).masked_fill(labels == -100, -100)
+    predictions = torch.full_like(labels, -100)
+    predictions[labels != -100] = logits.argmax(-1)
+    return predictions
+
+
+def masked_accuracy(eval_prediction) -> dict[str, float]:
+    """Masked-token accuracy, for Trainer's `compute_metrics`."""
+    predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+    masked = labels != -100
+    return {"accuracy": float(np.mean(predictions[masked] == labels[masked])) if masked.any() else float("nan")}
+
+
+def add_perplexity(metrics: dict, prefix: str = "eval") -> dict:
+    """exp(loss) next to the loss; inf when the loss is too large to exponentiate."""
+    loss = metrics[f"{prefix}_loss"]
+    metrics[f"{prefix}_perplexity"] = math.exp(loss) if loss < 700 else float("inf")
+    return metrics

@@ -1,0 +1,131 @@
+"""MLM pretraining: data loading, metrics, learning, resuming, and the script's errors."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import EvalPrediction
+
+from deberta_lite.pretraining import load_raw_datasets, masked_accuracy, parse_overrides, predictions_from_logits
+from deberta_lite.tokenization import read_text_files, train_unigram_tokenizer
+
+from conftest import ROOT, load_script
+
+
+pretrain_mlm = load_script("pretrain_mlm")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    train_unigram_tokenizer(read_text_files([ROOT / "data" / "wiki_sample" / "train.txt"]), vocab_size=1000)\
+        .save_pretrained(directory)
+    return directory
+
+
+def _args(tokenizer_dir, output_dir, *extra):
+    return ["--tokenizer_name", str(tokenizer_dir), "--output_dir", str(output_dir), "--use_cpu",
+            "--report_to", "none", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+            "--max_eval_samples", "48", "--seed", "7", "--disable_tqdm", "true", *extra]
+
+
+def test_predictions_and_accuracy_by_hand():
+    labels = torch.tensor([[-100, 5, -100, 7], [3, -100, -100, -100]])
+    sparse = torch.zeros(3, 10)
+    sparse[0, 5] = sparse[1, 1] = sparse[2, 3] = 1.0  # right, wrong, right
+    predictions = predictions_from_logits(sparse, labels)
+    assert predictions.tolist() == [[-100, 5, -100, 1], [3, -100, -100, -100]]
+    dense = torch.zeros(2, 4, 10)
+    dense[0, 1, 5] = dense[0, 3, 7] = dense[1, 0, 2] = 1.0  # right, right, wrong
+    assert predictions_from_logits(dense, labels).tolist() == [[-100, 5, -100, 7], [2, -100, -100, -100]]
+    accuracy = masked_accuracy(EvalPrediction(predictions=predictions.numpy(), label_ids=labels.numpy()))
+    assert accuracy == {"accuracy": pytest.approx(2 / 3)}
+
+
+def test_parse_overrides():
+    assert parse_overrides("hidden_size=64, pos_att_type=c2p,norm_rel_ebd=none, hidden_dropout_prob=0.0") == {
+        "hidden_size": 64, "pos_att_type": "c2p", "norm_rel_ebd": "none", "hidden_dropout_prob": 0.0}
+    with pytest.raises(ValueError, match="name=value"):
+        parse_overrides("hidden_size")
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".json", ".jsonl", ".csv", ".parquet"])
+def test_local_files_of_every_type(tmp_path, suffix):
+    rows = [f"sentence number {i} about rivers and cities" for i in range(40)] + ["", "   "]
+    table = datasets.Dataset.from_dict({"text": rows})
+    path = tmp_path / f"train{suffix}"
+    if suffix == ".txt":
+        path.write_text("\n".join(rows) + "\n")
+    elif suffix == ".json":
+        path.write_text(json.dumps([{"text": row} for row in rows]))  # a JSON array of records
+    elif suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps({"text": row}) for row in rows))
+    elif suffix == ".csv":
+        table.to_csv(path, index=False)
+    else:
+        table.to_parquet(path)
+    raw = load_raw_datasets(train_file=str(path), validation_split_percentage=10)
+    assert len(raw["validation"]) == 4 and len(raw["train"]) == 36  # 4 held out of 42, then blank rows dropped
+    assert raw["validation"][0]["text"] == rows[0]
+
+
+def test_data_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        load_raw_datasets(train_file=str(tmp_path / "missing.txt"))
+    (tmp_path / "data.xml").write_text("<a/>")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        load_raw_datasets(train_file=str(tmp_path / "data.xml"))
+    (tmp_path / "data.csv").write_text("body\nsome text\n")
+    with pytest.raises(ValueError, match="no text column 'text'.*body"):
+        load_raw_datasets(train_file=str(tmp_path / "data.csv"))
+
+
+def test_too_little_text_for_one_block_is_an_error(tokenizer_dir, tmp_path):
+    (tmp_path / "short.txt").write_text("a few words\nand a few more\n")
+    with pytest.raises(ValueError, match="fewer than 128 tokens"):
+        pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "out", "--train_file", str(tmp_path / "short.txt"),
+                             "--validation_file", str(tmp_path / "short.txt"), "--do_train"))
+
+
+def test_sequence_longer_than_the_emd_allows_is_refused_before_training(tokenizer_dir, tmp_path):
+    with pytest.raises(ValueError, match="max_position_embeddings=128"):
+        pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "out", "--max_seq_length", "256", "--do_train"))
+
+
+def test_short_pretraining_lowers_validation_loss(tokenizer_dir, tmp_path):
+    metrics = pretrain_mlm.main(_args(
+        tokenizer_dir, tmp_path / "run", "--do_train", "--do_eval", "--eval_before_training", "--max_steps", "40",
+        "--learning_rate", "2e-3", "--warmup_steps", "4", "--masking", "whole_word", "--save_strategy", "no"))
+    assert metrics["eval_loss"] < metrics["before_loss"] - 0.3
+    assert metrics["eval_accuracy"] > metrics["before_accuracy"]
+    assert metrics["eval_perplexity"] == pytest.approx(np.exp(metrics["eval_loss"]))
+    assert (tmp_path / "run" / "model.safetensors").exists() and (tmp_path / "run" / "eval_results.json").exists()
+
+
+def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir, tmp_path):
+    common = ["--do_train", "--max_steps", "6", "--save_steps", "3", "--learning_rate", "1e-3", "--masking", "ngram",
+              "--max_train_samples", "64", "--logging_steps", "1"]
+    pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "straight", *common))
+    pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "resumed", *common,
+                         "--resume_from_checkpoint", str(tmp_path / "straight" / "checkpoint-3")))
+    state = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    # It continued at step 4: no step-3 checkpoint of its own, and steps 1-3 of its history are the checkpoint's.
+    assert not (tmp_path / "resumed" / "checkpoint-3").exists()
+    straight_state = json.loads((tmp_path / "straight" / "trainer_state.json").read_text())
+    assert [e["loss"] for e in state["log_history"] if "loss" in e] == pytest.approx(
+        [e["loss"] for e in straight_state["log_history"] if "loss" in e], abs=1e-6)
+    straight, resumed = tmp_path / "straight" / "checkpoint-6", tmp_path / "resumed" / "checkpoint-6"
+    before, after = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], atol=1e-6, rtol=0, msg=key)
+    optimizer_before = torch.load(straight / "optimizer.pt", weights_only=True)["state"]
+    optimizer_after = torch.load(resumed / "optimizer.pt", weights_only=True)["state"]
+    assert optimizer_before.keys() == optimizer_after.keys()
+    for index in optimizer_before:
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(optimizer_after[index][name], optimizer_before[index][name], atol=1e-6, rtol=0)
