@@ -57,6 +57,17 @@ def padded_batch(vocab_size: int = 100, batch: int = 3, length: int = 12, seed: 
     return input_ids, attention_mask
 
 
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A 1000-piece tokenizer trained on the bundled corpus."""
+    from deberta_lite.tokenization import read_text_files, train_unigram_tokenizer
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    corpus = read_text_files([ROOT / "data" / "wiki_sample" / "train.txt"])
+    train_unigram_tokenizer(corpus, vocab_size=1000).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -10,20 +10,11 @@ from safetensors.torch import load_file
 from transformers import EvalPrediction
 
 from deberta_lite.pretraining import load_raw_datasets, masked_accuracy, parse_overrides, predictions_from_logits
-from deberta_lite.tokenization import read_text_files, train_unigram_tokenizer
 
 from conftest import ROOT, load_script
 
 
 pretrain_mlm = load_script("pretrain_mlm")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tokenizer")
-    train_unigram_tokenizer(read_text_files([ROOT / "data" / "wiki_sample" / "train.txt"]), vocab_size=1000)\
-        .save_pretrained(directory)
-    return directory
 
 
 def _args(tokenizer_dir, output_dir, *extra):

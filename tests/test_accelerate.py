@@ -1,0 +1,42 @@
+"""The pretraining script under `accelerate launch` with the shipped configs: 2 processes on the CPU (gloo)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from conftest import ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
+def test_two_process_pretraining_run(config, tokenizer_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+        str(ROOT / "scripts" / "pretrain_mlm.py"),
+        "--tokenizer_name", str(tokenizer_dir), "--output_dir", str(output_dir), "--use_cpu", "--report_to", "none",
+        "--do_train", "--do_eval", "--max_steps", "2", "--per_device_train_batch_size", "4",
+        "--max_train_samples", "32", "--max_eval_samples", "16", "--disable_tqdm", "true",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # 2 steps x 4 blocks x 2 processes = half of the 32 training blocks: both processes trained.
+    assert json.loads((output_dir / "train_results.json").read_text())["epoch"] == pytest.approx(0.5)
+    assert "eval_perplexity" in json.loads((output_dir / "eval_results.json").read_text())
+    model = AutoModelForMaskedLM.from_pretrained(output_dir)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert model.lm_head.decoder.weight is model.deberta.embeddings.word_embeddings.weight
