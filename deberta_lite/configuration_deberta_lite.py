@@ -63,6 +63,10 @@ class DebertaLiteConfig(PreTrainedConfig):
     """Epsilon of every LayerNorm."""
     pad_token_id: int | None = 0
     """Id of the padding token (its embedding row gets no gradient)."""
+    bos_token_id: int | None = None
+    """Id of the tokenizer's start token ([CLS]); recorded for pipelines, unused by the model."""
+    eos_token_id: int | None = None
+    """Id of the tokenizer's end token ([SEP]); recorded for pipelines, unused by the model."""
     relative_attention: bool = True
     """Kept for DebertaV2 compatibility: DeBERTa-lite always uses disentangled relative attention, so only True."""
     max_relative_positions: int = -1

@@ -127,12 +127,7 @@ def deberta_v2_config_to_lite(v2_config: dict) -> DebertaLiteConfig:
     if not values.get("relative_attention"):
         raise ConversionError("relative_attention=False: this is not a DeBERTa with disentangled attention")
     architectures = [_map_architecture(name, ARCHITECTURES) for name in values.get("architectures") or []]
-    # DebertaV2 declares bos/eos ids that a DeBERTa never sets; unset, they would only add noise to our config.
-    values = {
-        key: value
-        for key, value in values.items()
-        if key not in NOT_CARRIED and not (key in ("bos_token_id", "eos_token_id") and value is None)
-    }
+    values = {key: value for key, value in values.items() if key not in NOT_CARRIED}
     return DebertaLiteConfig(**values, architectures=architectures or None)
 
 
