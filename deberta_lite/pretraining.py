@@ -150,6 +150,55 @@ class MaskingTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
+def run_pretraining(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    training_args,
+    train_dataset: datasets.Dataset | None,
+    eval_dataset: datasets.Dataset,
+    masker: DataCollatorForDebertaMLM,
+    eval_before_training: bool = False,
+) -> dict:
+    """Train (when `train_dataset` is given) and evaluate a masked LM; returns before_*, train_* and eval_* metrics.
+
+    `eval_dataset` must be masked already (`mask_once`), so every evaluation sees the same masks.
+    """
+    trainer = MaskingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        masker=masker,
+        compute_metrics=masked_accuracy,
+        preprocess_logits_for_metrics=predictions_from_logits,
+    )
+    metrics = {}
+    if eval_before_training:
+        before = add_perplexity(trainer.evaluate(metric_key_prefix="before"), prefix="before")
+        trainer.log_metrics("before", before)
+        metrics.update(before)
+    if train_dataset is not None:
+        resume = training_args.resume_from_checkpoint
+        result = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        evaluation = add_perplexity(trainer.evaluate())
+        trainer.log_metrics("eval", evaluation)
+        trainer.save_metrics("eval", evaluation)
+        metrics.update(evaluation)
+    if "before_loss" in metrics and "eval_loss" in metrics and trainer.is_world_process_zero():
+        print(
+            f"validation perplexity {metrics['before_perplexity']:.1f} -> {metrics['eval_perplexity']:.1f}, "
+            f"masked-token accuracy {metrics['before_accuracy']:.3f} -> {metrics['eval_accuracy']:.3f}"
+        )
+    return metrics
+
+
 def build_masked_lm(
     tokenizer: PreTrainedTokenizerBase,
     model_name_or_path: str | None = None,
@@ -166,7 +215,12 @@ def build_masked_lm(
         raise ValueError("give --model_name_or_path (a checkpoint) or --config_name (a model config JSON)")
     values = json.loads(Path(config_name).read_text())
     values.update(parse_overrides(config_overrides))
-    values.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    values.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     values.pop("model_type", None)
     return DebertaLiteForMaskedLM(DebertaLiteConfig(**values))
 

@@ -21,16 +21,7 @@ from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set
 
 import deberta_lite  # noqa: F401  (registers the Auto classes)
 from deberta_lite.masking import MASKING_STRATEGIES, DataCollatorForDebertaMLM
-from deberta_lite.pretraining import (
-    MaskingTrainer,
-    add_perplexity,
-    build_masked_lm,
-    load_raw_datasets,
-    mask_once,
-    masked_accuracy,
-    predictions_from_logits,
-    tokenize_and_group,
-)
+from deberta_lite.pretraining import build_masked_lm, load_raw_datasets, mask_once, run_pretraining, tokenize_and_group
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,35 +123,15 @@ def main(argv=None) -> dict:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
     eval_dataset = mask_once(eval_dataset, collator, data_args.eval_mask_seed)
 
-    trainer = MaskingTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset if training_args.do_train else None,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        masker=collator,
-        compute_metrics=masked_accuracy,
-        preprocess_logits_for_metrics=predictions_from_logits,
+    return run_pretraining(
+        model,
+        tokenizer,
+        training_args,
+        train_dataset if training_args.do_train else None,
+        eval_dataset,
+        collator,
+        eval_before_training=data_args.eval_before_training,
     )
-    metrics = {}
-    if data_args.eval_before_training:
-        before = add_perplexity(trainer.evaluate(metric_key_prefix="before"), prefix="before")
-        trainer.log_metrics("before", before)
-        metrics.update(before)
-    if training_args.do_train:
-        resume = training_args.resume_from_checkpoint
-        result = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        metrics.update(result.metrics)
-    if training_args.do_eval:
-        evaluation = add_perplexity(trainer.evaluate())
-        trainer.log_metrics("eval", evaluation)
-        trainer.save_metrics("eval", evaluation)
-        metrics.update(evaluation)
-    return metrics
 
 
 if __name__ == "__main__":

@@ -196,3 +196,16 @@ def test_fill_mask_pipeline_on_a_saved_checkpoint(tmp_path):
     assert len(predictions) == 3
     assert all(isinstance(p["token_str"], str) and 0 <= p["score"] <= 1 for p in predictions)
     assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"]
+
+
+def test_fill_mask_script(tmp_path, capsys):
+    from conftest import load_script
+
+    shutil.copy(SHARED_DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
+    tokenizer = DebertaV2Tokenizer.from_pretrained(tmp_path)
+    DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    predictions = load_script("fill_mask").main([str(tmp_path / "checkpoint"), "The cat sat on the [MASK].",
+                                                 "--top_k", "4"])
+    assert len(predictions) == 4
+    assert "DebertaLiteForMaskedLM" in capsys.readouterr().out
