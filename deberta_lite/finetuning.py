@@ -1,0 +1,341 @@
+"""The library side of GLUE-style fine-tuning: tasks, data and labels, metrics, models, submission files.
+
+`scripts/finetune_glue.py` is a thin Trainer script over these functions. Metrics are computed with scikit-learn
+and scipy, offline.
+"""
+
+import csv
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import datasets
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, matthews_corrcoef
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from .convert import convert_deberta_v2_to_lite
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a sentence(-pair) task needs: text columns, labels, metrics and the files its predictions go to."""
+
+    name: str
+    text_columns: tuple[str, ...]
+    label_names: tuple[str, ...] | None  # None: regression (one output, MSE)
+    metric_names: tuple[str, ...]
+    # GLUE's own spelling of each label id in submission files ("0"/"1" for CoLA, SST-2, MRPC, QQP, WNLI).
+    submission_labels: tuple[str, ...] | None = None
+    evaluation_splits: tuple[str, ...] = ("validation",)
+    submission_files: dict[str, str] = field(default_factory=lambda: {"test": "test_predictions.tsv"})
+
+    @property
+    def is_regression(self) -> bool:
+        return self.label_names is None
+
+    @property
+    def main_metric(self) -> str:
+        """The metric that picks the best checkpoint."""
+        return "combined_score" if len(self.metric_names) > 1 else self.metric_names[0]
+
+
+_BINARY = ("0", "1")
+_NLI = ("entailment", "neutral", "contradiction")
+_ENTAILMENT = ("entailment", "not_entailment")
+
+GLUE_TASKS = {
+    "cola": TaskSpec("cola", ("sentence",), ("unacceptable", "acceptable"), ("matthews_correlation",), _BINARY,
+                     submission_files={"test": "CoLA.tsv"}),
+    "sst2": TaskSpec("sst2", ("sentence",), ("negative", "positive"), ("accuracy",), _BINARY,
+                     submission_files={"test": "SST-2.tsv"}),
+    "mrpc": TaskSpec("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1"),
+                     _BINARY, submission_files={"test": "MRPC.tsv"}),
+    "qqp": TaskSpec("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), ("accuracy", "f1"), _BINARY,
+                    submission_files={"test": "QQP.tsv"}),
+    "stsb": TaskSpec("stsb", ("sentence1", "sentence2"), None, ("pearson", "spearmanr"),
+                     submission_files={"test": "STS-B.tsv"}),
+    "mnli": TaskSpec("mnli", ("premise", "hypothesis"), _NLI, ("accuracy",), _NLI,
+                     evaluation_splits=("validation_matched", "validation_mismatched"),
+                     submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"}),
+    "qnli": TaskSpec("qnli", ("question", "sentence"), _ENTAILMENT, ("accuracy",), _ENTAILMENT,
+                     submission_files={"test": "QNLI.tsv"}),
+    "rte": TaskSpec("rte", ("sentence1", "sentence2"), _ENTAILMENT, ("accuracy",), _ENTAILMENT,
+                    submission_files={"test": "RTE.tsv"}),
+    "wnli": TaskSpec("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment"), ("accuracy",), _BINARY,
+                     submission_files={"test": "WNLI.tsv"}),
+    # The diagnostic set: test only, predicted with an MNLI model.
+    "ax": TaskSpec("ax", ("premise", "hypothesis"), _NLI, ("accuracy",), _NLI, evaluation_splits=(),
+                   submission_files={"test": "AX.tsv"}),
+}
+GLUE_HUB_ID = "nyu-mll/glue"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def task_metrics(metric_names: tuple[str, ...], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The named metrics, plus combined_score (their mean) when there are several."""
+    results = {}
+    for name in metric_names:
+        if name == "accuracy":
+            results[name] = float(np.mean(predictions == labels))
+        elif name == "f1":
+            binary = len(np.union1d(np.unique(labels), [0, 1])) <= 2
+            results[name] = float(f1_score(labels, predictions, average="binary" if binary else "macro"))
+        elif name == "matthews_correlation":
+            results[name] = float(matthews_corrcoef(labels, predictions))
+        elif name == "pearson":
+            results[name] = float(pearsonr(predictions, labels)[0])
+        elif name == "spearmanr":
+            results[name] = float(spearmanr(predictions, labels)[0])
+        else:
+            raise ValueError(f"unknown metric {name!r}")
+    if len(metric_names) > 1:
+        results["combined_score"] = float(np.mean([results[name] for name in metric_names]))
+    return results
+
+
+def predictions_from_output(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
+    """Class ids (argmax) or regression values from a classifier's logits."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return np.squeeze(logits, axis=-1) if spec.is_regression else np.argmax(logits, axis=-1)
+
+
+def metrics_function(spec: TaskSpec):
+    """A `compute_metrics` for Trainer."""
+
+    def compute(eval_prediction) -> dict[str, float]:
+        predictions = predictions_from_output(spec, eval_prediction.predictions)
+        return task_metrics(spec.metric_names, predictions, eval_prediction.label_ids)
+
+    return compute
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _read_table(path: str, split: str) -> datasets.Dataset:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{split} file not found: {path}")
+    suffix = path.suffix.lower()
+    builders = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".json": ("json", {}),
+                ".jsonl": ("json", {})}
+    if suffix not in builders:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use csv, tsv, json or jsonl")
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} is empty")
+    if suffix in (".csv", ".tsv") and len(lines) == 1:
+        raise ValueError(f"{path} has a header but no rows")
+    builder, options = builders[suffix]
+    try:
+        table = datasets.load_dataset(builder, data_files={split: str(path)}, **options)[split]
+    except Exception as error:  # pandas and pyarrow parse errors name neither file nor split
+        raise ValueError(f"could not read {path} as {suffix[1:]}: {error}") from error
+    if len(table) == 0:
+        raise ValueError(f"{path} has no rows")
+    return table
+
+
+def _text_columns(spec_columns, requested, columns: list[str], path: str) -> tuple[str, ...]:
+    if requested:
+        chosen = tuple(requested)
+    elif spec_columns:
+        chosen = tuple(spec_columns)
+    elif "sentence" in columns:
+        chosen = ("sentence",)
+    elif "sentence1" in columns and "sentence2" in columns:
+        chosen = ("sentence1", "sentence2")
+    else:
+        raise ValueError(
+            f"{path}: no text column found (looked for 'sentence', or 'sentence1' and 'sentence2'); columns: "
+            f"{columns}. Name them with --text_columns"
+        )
+    if len(chosen) not in (1, 2):
+        raise ValueError(f"--text_columns takes one or two columns, got {list(chosen)}")
+    return chosen
+
+
+def load_local_task(
+    train_file: str | None,
+    validation_file: str | None,
+    test_file: str | None = None,
+    text_columns: tuple[str, ...] | None = None,
+    label_column: str = "label",
+    task: TaskSpec | None = None,
+) -> tuple[datasets.DatasetDict, TaskSpec]:
+    """Local csv/tsv/json/jsonl files -> a DatasetDict with `labels` (ids or floats) and the task they define.
+
+    Labels are integers, strings (mapped to ids in sorted order, names kept), or floats with fractional values
+    (regression). A missing file,
+    an empty file, a missing text or label column, or a validation label that train never saw is an error that
+    names the file and the column.
+    """
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    tables = {split: _read_table(path, split) for split, path in files.items() if path}
+    if "train" not in tables and "validation" not in tables and "test" not in tables:
+        raise ValueError("give at least one of --train_file, --validation_file, --test_file")
+    first_split = next(iter(tables))
+    columns = _text_columns(task.text_columns if task else None, text_columns, tables[first_split].column_names,
+                            files[first_split])
+    for split, table in tables.items():
+        for column in columns:
+            if column not in table.column_names:
+                raise ValueError(f"{files[split]}: text column {column!r} missing; columns: {table.column_names}")
+        if split != "test" and label_column not in table.column_names:
+            raise ValueError(f"{files[split]}: label column {label_column!r} missing; columns: {table.column_names}")
+
+    reference = tables.get("train") or tables.get("validation")
+    label_names = task.label_names if task else None
+    is_regression = task.is_regression if task else False
+    if reference is not None and task is None:
+        values = reference[label_column]
+        if all(isinstance(value, float) for value in values) and not all(float(v).is_integer() for v in values):
+            is_regression = True
+        elif all(isinstance(value, str) for value in values):
+            label_names = tuple(sorted(set(values)))
+        else:
+            label_names = tuple(str(value) for value in sorted(set(int(v) for v in values)))
+    if not is_regression and label_names is None:
+        raise ValueError("cannot tell the labels without a train or validation file; give --task_name")
+
+    def encode(split: str, table: datasets.Dataset) -> datasets.Dataset:
+        if label_column not in table.column_names:
+            return table
+        if is_regression:
+            return table.map(lambda row: {"labels": float(row[label_column])}, desc=f"Labels of {split}")
+        ids = {name: i for i, name in enumerate(label_names)}
+        if task is not None:  # a GLUE task's files may hold label ids rather than names
+            ids.update({str(i): i for i in range(len(label_names))})
+        unseen = sorted({str(v) for v in table[label_column]} - set(ids))
+        if unseen:
+            raise ValueError(
+                f"{files[split]}: column {label_column!r} has labels the training labels do not include: {unseen}; "
+                f"known labels: {list(label_names)}"
+            )
+        return table.map(lambda row: {"labels": ids[str(row[label_column])]}, desc=f"Labels of {split}")
+
+    encoded = datasets.DatasetDict({split: encode(split, table) for split, table in tables.items()})
+    if task is None:
+        # F1 is binary for two labels, macro-averaged otherwise.
+        metric_names = ("pearson", "spearmanr") if is_regression else ("accuracy", "f1")
+        task = TaskSpec("local", columns, None if is_regression else label_names, metric_names)
+    else:
+        task = replace(task, text_columns=columns)
+    return encoded, task
+
+
+def load_glue_task(task_name: str, cache_dir: str | None = None) -> tuple[datasets.DatasetDict, TaskSpec]:
+    """A GLUE task from the Hub (nyu-mll/glue), labels as ids; needs the network."""
+    spec = GLUE_TASKS[task_name]
+    raw = datasets.load_dataset(GLUE_HUB_ID, task_name, cache_dir=cache_dir)
+    return raw.rename_column("label", "labels"), spec
+
+
+def tokenize_task(
+    data: datasets.DatasetDict,
+    spec: TaskSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    num_proc: int | None = None,
+    load_from_cache_file: bool = True,
+) -> datasets.DatasetDict:
+    """Tokenise the text column(s), truncating to max_seq_length; keep labels and GLUE's idx."""
+
+    def tokenize(batch):
+        texts = [batch[column] for column in spec.text_columns]
+        texts = [[text if text is not None else "" for text in column] for column in texts]
+        return tokenizer(*texts, truncation=True, max_length=max_seq_length)
+
+    tokenized = datasets.DatasetDict()
+    for split, table in data.items():
+        keep = {"labels", "idx"}
+        tokenized[split] = table.map(
+            tokenize,
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=[c for c in table.column_names if c not in keep],
+            load_from_cache_file=load_from_cache_file,
+            desc=f"Tokenizing {split}",
+        )
+    return tokenized
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(model_name_or_path: str, work_dir: str | Path, allow_pickle: bool = False) -> str:
+    """A DeBERTa-lite checkpoint to load: as given, or converted from a transformers DebertaV2 one (local or Hub)."""
+    local = Path(model_name_or_path)
+    if local.is_dir():
+        config_path = local / "config.json"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{config_path} not found: is {model_name_or_path} a checkpoint directory?")
+        model_type = json.loads(config_path.read_text()).get("model_type")
+        source = local
+    else:  # a Hub id
+        model_type = AutoConfig.from_pretrained(model_name_or_path).model_type
+        source = None
+    if model_type != "deberta-v2":
+        return model_name_or_path
+    if source is None:
+        from huggingface_hub import snapshot_download
+
+        source = Path(snapshot_download(
+            model_name_or_path,
+            allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"],
+        ))
+    target = Path(work_dir) / "converted-deberta-lite"
+    convert_deberta_v2_to_lite(source, target, allow_pickle=allow_pickle)
+    return str(target)
+
+
+def load_classifier(
+    checkpoint: str,
+    spec: TaskSpec,
+    cls_dropout: float | None = None,
+    pooler_dropout: float | None = None,
+):
+    """A sequence classifier for `spec` from a checkpoint; a new head when the checkpoint has none (or another)."""
+    overrides = {}
+    if cls_dropout is not None:
+        overrides["cls_dropout"] = cls_dropout
+    if pooler_dropout is not None:
+        overrides["pooler_dropout"] = pooler_dropout
+    if spec.is_regression:
+        overrides.update(num_labels=1, problem_type="regression", id2label={0: "score"}, label2id={"score": 0})
+    else:
+        overrides.update(
+            num_labels=len(spec.label_names),
+            problem_type="single_label_classification",
+            id2label=dict(enumerate(spec.label_names)),
+            label2id={name: i for i, name in enumerate(spec.label_names)},
+        )
+    return AutoModelForSequenceClassification.from_pretrained(checkpoint, ignore_mismatched_sizes=True, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Submission files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_predictions(path: str | Path, spec: TaskSpec, indices, predictions: np.ndarray) -> Path:
+    """`index<TAB>prediction` with a header: GLUE's label spelling for classification, floats for regression."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = spec.submission_labels or spec.label_names
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["index", "prediction"])
+        for index, prediction in zip(indices, predictions):
+            writer.writerow([int(index), f"{float(prediction):.6g}" if spec.is_regression else labels[int(prediction)]])
+    return path

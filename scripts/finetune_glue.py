@@ -1,0 +1,207 @@
+"""Fine-tune DeBERTa-lite on a GLUE task or on local files with the Trainer, in the style of run_glue.
+
+    python scripts/finetune_glue.py --task_name mnli --model_name_or_path microsoft/deberta-v3-base \\
+        --output_dir runs/mnli --do_train --do_eval --do_predict --bf16
+    python scripts/finetune_glue.py --train_file train.tsv --validation_file dev.tsv --test_file test.tsv \\
+        --model_name_or_path CHECKPOINT --output_dir runs/mine --do_train --do_eval --do_predict
+
+`--model_name_or_path` takes a DeBERTa-lite checkpoint, a transformers DebertaV2 checkpoint (converted on the fly)
+or a Hub id. Per-task defaults come from configs/glue/<task>.json (local files: local.json), placed before your
+arguments so that anything you give wins. With no data arguments it fine-tunes the `make quickstart` checkpoint on
+the bundled sentiment sample (data/sentiment_sample). Outputs: the best checkpoint (by the task's main metric),
+eval_results.json, GLUE submission files for --do_predict, and a model card (README.md).
+"""
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import transformers
+from transformers import (
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+import deberta_lite  # noqa: F401  (registers the Auto classes)
+from deberta_lite.finetuning import (
+    GLUE_TASKS,
+    load_classifier,
+    load_glue_task,
+    load_local_task,
+    metrics_function,
+    predictions_from_output,
+    resolve_checkpoint,
+    tokenize_task,
+    write_predictions,
+)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "configs" / "glue"
+SAMPLE = ROOT / "data" / "sentiment_sample"
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=str(ROOT / "outputs" / "quickstart" / "mlm"),
+        metadata={"help": "DeBERTa-lite or DebertaV2 checkpoint directory, or a Hub id."},
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer; default: the checkpoint's."})
+    cls_dropout: float | None = field(default=None, metadata={"help": "Dropout before the classifier."})
+    pooler_dropout: float | None = field(default=None, metadata={"help": "Dropout inside the ContextPooler."})
+    allow_pickle: bool = field(
+        default=False, metadata={"help": "Allow reading a pytorch_model.bin (weights_only) when converting DebertaV2."}
+    )
+
+
+@dataclass
+class DataArguments:
+    task_name: str | None = field(default=None, metadata={"help": "A GLUE task.", "choices": sorted(GLUE_TASKS)})
+    train_file: str | None = field(default=None, metadata={"help": "csv, tsv, json or jsonl."})
+    validation_file: str | None = field(default=None, metadata={"help": "csv, tsv, json or jsonl."})
+    test_file: str | None = field(default=None, metadata={"help": "csv, tsv, json or jsonl; labels not needed."})
+    text_columns: str | None = field(
+        default=None, metadata={"help": "One or two text columns, comma-separated (default: sentence, or "
+                                        "sentence1,sentence2)."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Column holding the labels."})
+    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+    max_train_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(default=None)
+    max_predict_samples: int | None = field(default=None)
+    preprocessing_num_workers: int | None = field(default=None)
+    overwrite_cache: bool = field(default=False)
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement of the main metric."}
+    )
+    recipe: str | None = field(
+        default=None, metadata={"help": "Defaults file (default: configs/glue/<task>.json); 'none' for no recipe."}
+    )
+
+
+def recipe_arguments(argv: list[str]) -> list[str]:
+    """The recipe's values as command-line arguments, to be placed before the user's."""
+    peek = argparse.ArgumentParser(add_help=False)
+    for name in ("--task_name", "--recipe", "--train_file", "--validation_file", "--test_file"):
+        peek.add_argument(name)
+    known, _ = peek.parse_known_args(argv)
+    if known.recipe == "none":
+        return []
+    if known.recipe:
+        path = Path(known.recipe)
+    elif known.task_name:
+        path = RECIPES / f"{known.task_name}.json"
+    elif known.train_file or known.validation_file or known.test_file:
+        path = RECIPES / "local.json"
+    else:
+        path = RECIPES / "sentiment_sample.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    arguments = []
+    for name, value in json.loads(path.read_text()).items():
+        arguments += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return arguments
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_arguments(argv) + argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    set_seed(training_args.seed)
+
+    files = (data_args.train_file, data_args.validation_file, data_args.test_file)
+    if data_args.task_name and not any(files):
+        data, spec = load_glue_task(data_args.task_name)
+    else:
+        if not any(files):
+            logger.info("No data given: fine-tuning on the bundled sentiment sample %s", SAMPLE)
+            files = (str(SAMPLE / "train.tsv"), str(SAMPLE / "validation.tsv"), None)
+        text_columns = tuple(c.strip() for c in data_args.text_columns.split(",")) if data_args.text_columns else None
+        data, spec = load_local_task(*files, text_columns=text_columns, label_column=data_args.label_column,
+                                     task=GLUE_TASKS.get(data_args.task_name))
+
+    checkpoint = resolve_checkpoint(model_args.model_name_or_path, training_args.output_dir, model_args.allow_pickle)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or checkpoint)
+    model = load_classifier(checkpoint, spec, model_args.cls_dropout, model_args.pooler_dropout)
+    with training_args.main_process_first(desc="tokenising"):
+        tokenized = tokenize_task(data, spec, tokenizer, data_args.max_seq_length,
+                                  data_args.preprocessing_num_workers, not data_args.overwrite_cache)
+
+    def limit(dataset, count):
+        return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+
+    evaluation_splits = [split for split in spec.evaluation_splits if split in tokenized]
+    eval_sets = {split: limit(tokenized[split], data_args.max_eval_samples) for split in evaluation_splits}
+    train_set = limit(tokenized["train"], data_args.max_train_samples) if training_args.do_train else None
+    if training_args.do_train and train_set is None:
+        raise ValueError("--do_train needs training data (--train_file or a GLUE task)")
+    if training_args.load_best_model_at_end and training_args.metric_for_best_model in (None, "loss") and eval_sets:
+        logger.warning("selecting the best checkpoint by eval loss; the task's main metric is %s "
+                       "(--metric_for_best_model %s --greater_is_better true)", spec.main_metric, spec.main_metric)
+    if not eval_sets:
+        training_args.load_best_model_at_end = False
+    callbacks = []
+    if data_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_sets[evaluation_splits[0]] if eval_sets else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.bf16 else None),
+        compute_metrics=metrics_function(spec),
+        callbacks=callbacks,
+    )
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        evaluation = {}
+        for i, split in enumerate(evaluation_splits):  # MNLI: matched as eval_*, mismatched as eval_mismatched_*
+            prefix = "eval" if i == 0 else f"eval_{split.removeprefix('validation_')}"
+            evaluation.update(trainer.evaluate(eval_sets[split], metric_key_prefix=prefix))
+        trainer.log_metrics("eval", evaluation)
+        trainer.save_metrics("eval", evaluation)
+        metrics.update(evaluation)
+    if training_args.do_predict:
+        for split, filename in spec.submission_files.items():
+            if split not in tokenized:
+                continue
+            test_set = limit(tokenized[split], data_args.max_predict_samples)
+            indices = test_set["idx"] if "idx" in test_set.column_names else range(len(test_set))
+            test_set = test_set.remove_columns([c for c in ("labels", "idx") if c in test_set.column_names])
+            predictions = predictions_from_output(spec, trainer.predict(test_set, metric_key_prefix="predict").predictions)
+            if trainer.is_world_process_zero():
+                path = write_predictions(Path(training_args.output_dir) / filename, spec, indices, predictions)
+                logger.info("wrote %d predictions to %s", len(predictions), path)
+    if trainer.is_world_process_zero():
+        trainer.create_model_card(
+            model_name=Path(training_args.output_dir).name,
+            finetuned_from=model_args.model_name_or_path,
+            tasks="text-classification",
+            dataset=data_args.task_name or "local files",
+        )
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""GLUE-style fine-tuning: metrics against hand-computed values, data errors, and short runs on real data."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from transformers import AutoModelForSequenceClassification, DebertaV2Config, DebertaV2ForMaskedLM, pipeline
+
+from deberta_lite import DebertaLiteForMaskedLM
+from deberta_lite.finetuning import GLUE_TASKS, load_local_task, task_metrics
+
+from conftest import SHARED_DATA, TINY, load_script, tiny_config
+
+
+finetune_glue = load_script("finetune_glue")
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_binary_metrics_by_hand():
+    predictions, labels = np.array([1, 0, 1, 1, 0, 1]), np.array([1, 0, 0, 1, 0, 0])
+    # TP 2, TN 2, FP 2, FN 0: accuracy 4/6, precision 1/2, recall 1, F1 2/3, MCC (2*2 - 2*0) / sqrt(4*2*4*2) = 1/2
+    assert task_metrics(("accuracy", "f1"), predictions, labels) == pytest.approx(
+        {"accuracy": 4 / 6, "f1": 2 / 3, "combined_score": (4 / 6 + 2 / 3) / 2})
+    assert task_metrics(("matthews_correlation",), predictions, labels) == pytest.approx({"matthews_correlation": 0.5})
+
+
+def test_multiclass_f1_is_macro_by_hand():
+    # class 0: F1 1; class 1: P 1, R 1/2, F1 2/3; class 2: P 1/2, R 1, F1 2/3
+    result = task_metrics(("accuracy", "f1"), np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2]))
+    assert result["accuracy"] == pytest.approx(0.75) and result["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_regression_metrics_by_hand():
+    predictions, labels = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 6.0, 9.0])
+    # deviations (-1.5, -.5, .5, 1.5) and (-3.25, -1.25, .75, 3.75): r = 11.5 / sqrt(5 * 26.75); ranks agree
+    pearson = 11.5 / np.sqrt(5 * 26.75)
+    assert task_metrics(("pearson", "spearmanr"), predictions, labels) == pytest.approx(
+        {"pearson": pearson, "spearmanr": 1.0, "combined_score": (pearson + 1.0) / 2})
+
+
+def test_glue_tasks_cover_every_task_with_server_file_names():
+    assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "ax"}
+    files = {name for spec in GLUE_TASKS.values() for name in spec.submission_files.values()}
+    assert files == {"CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv",
+                     "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv"}
+    assert GLUE_TASKS["mnli"].evaluation_splits == ("validation_matched", "validation_mismatched")
+    assert GLUE_TASKS["stsb"].is_regression and GLUE_TASKS["cola"].main_metric == "matthews_correlation"
+
+
+# ---------------------------------------------------------------- data errors
+
+
+def _write(path, rows, delimiter="\t"):
+    with path.open("w", newline="") as handle:
+        csv.writer(handle, delimiter=delimiter).writerows(rows)
+    return str(path)
+
+
+def test_data_errors_name_the_file_and_column(tmp_path):
+    train = _write(tmp_path / "train.tsv", [["sentence", "label"], ["good film", "pos"], ["bad film", "neg"]])
+    no_label = _write(tmp_path / "no_label.tsv", [["sentence", "stars"], ["fine", "3"]])
+    with pytest.raises(ValueError, match=r"no_label\.tsv.*label column 'label' missing"):
+        load_local_task(train, no_label)
+    unseen = _write(tmp_path / "unseen.tsv", [["sentence", "label"], ["meh", "neutral"]])
+    with pytest.raises(ValueError, match=r"unseen\.tsv.*'label'.*\['neutral'\]"):
+        load_local_task(train, unseen)
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.tsv is empty"):
+        load_local_task(train, str(tmp_path / "empty.tsv"))
+    header_only = _write(tmp_path / "header.tsv", [["sentence", "label"]])
+    with pytest.raises(ValueError, match=r"header\.tsv has a header but no rows"):
+        load_local_task(header_only, None)
+    with pytest.raises(ValueError, match=r"text column 'text' missing"):
+        load_local_task(train, None, text_columns=("text",))
+    with pytest.raises(FileNotFoundError, match="missing.tsv"):
+        load_local_task(str(tmp_path / "missing.tsv"), None)
+
+
+# ---------------------------------------------------------------- short runs on real data
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer_dir):
+    """A tiny DeBERTa-lite MLM checkpoint with the wiki tokenizer, as pretrain_mlm.py would leave it."""
+    from transformers import AutoTokenizer
+
+    directory = tmp_path_factory.mktemp("checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=128)).save_pretrained(
+        directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _run(checkpoint, output_dir, *extra):
+    return finetune_glue.main([
+        "--model_name_or_path", str(checkpoint), "--output_dir", str(output_dir), "--use_cpu", "--report_to", "none",
+        "--do_train", "--do_eval", "--do_predict", "--max_steps", "6", "--eval_steps", "3", "--save_steps", "3",
+        "--per_device_train_batch_size", "8", "--max_train_samples", "64", "--max_eval_samples", "64",
+        "--learning_rate", "1e-3", "--disable_tqdm", "true", "--seed", "3", *extra,
+    ])
+
+
+def _predictions(path):
+    with path.open() as handle:
+        return list(csv.reader(handle, delimiter="\t"))
+
+
+def _files(name):
+    return ["--train_file", str(SHARED_DATA / name / "train.tsv"), "--validation_file",
+            str(SHARED_DATA / name / "validation.tsv"), "--test_file", str(SHARED_DATA / name / "validation.tsv")]
+
+
+def test_binary_sentiment_as_glue_sst2(checkpoint, tmp_path):
+    metrics = _run(checkpoint, tmp_path, "--task_name", "sst2", *_files("sst2_pl"), "--max_predict_samples", "50")
+    assert 0 <= metrics["eval_accuracy"] <= 1 and "eval_f1" not in metrics
+    rows = _predictions(tmp_path / "SST-2.tsv")
+    assert rows[0] == ["index", "prediction"] and len(rows) == 51
+    assert {row[1] for row in rows[1:]} <= {"0", "1"} and [row[0] for row in rows[1:]] == [str(i) for i in range(50)]
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    evaluations = [e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e]
+    assert state["best_metric"] == pytest.approx(max(evaluations))  # best checkpoint by the task's metric
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert results["eval_accuracy"] == pytest.approx(state["best_metric"])
+    assert (tmp_path / "README.md").exists()
+
+
+def test_six_string_labels_keep_their_names(checkpoint, tmp_path):
+    metrics = _run(checkpoint, tmp_path, *_files("trec"), "--max_predict_samples", "40")
+    assert set(metrics) >= {"eval_accuracy", "eval_f1", "eval_combined_score"}
+    assert all(0 <= metrics[k] <= 1 for k in ("eval_accuracy", "eval_f1", "eval_combined_score"))
+    names = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert model.config.id2label == dict(enumerate(names)) and model.config.label2id == {n: i for i, n in
+                                                                                         enumerate(names)}
+    rows = _predictions(tmp_path / "test_predictions.tsv")
+    assert len(rows) == 41 and {row[1] for row in rows[1:]} <= set(names)
+    classify = pipeline("text-classification", model=str(tmp_path))
+    assert classify("Who wrote Hamlet ?")[0]["label"] in names
+
+
+def test_regression_as_glue_stsb(checkpoint, tmp_path):
+    metrics = _run(checkpoint, tmp_path, "--task_name", "stsb", *_files("amazon_reg"), "--text_columns", "sentence",
+                   "--max_predict_samples", "30")
+    assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(metrics)
+    assert all(-1 <= metrics[k] <= 1 for k in ("eval_pearson", "eval_spearmanr"))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert len(config["id2label"]) == 1
+    assert config["problem_type"] == "regression"
+    rows = _predictions(tmp_path / "STS-B.tsv")
+    assert rows[0] == ["index", "prediction"] and len(rows) == 31
+    assert all(np.isfinite(float(row[1])) for row in rows[1:])
+
+
+def test_sentence_pairs(checkpoint, tmp_path):
+    metrics = _run(checkpoint, tmp_path, *_files("plagiarism_pairs"))
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    rows = _predictions(tmp_path / "test_predictions.tsv")
+    assert len(rows) == 1 + 19 and {row[1] for row in rows[1:]} <= {"0", "1", "2", "3"}
+
+
+def test_debertav2_checkpoint_is_converted_on_the_fly(checkpoint, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    values = {k: v for k, v in TINY.items() if k not in ("position_buckets", "max_relative_positions")}
+    v2 = DebertaV2ForMaskedLM(DebertaV2Config(**{**values, "vocab_size": len(tokenizer)}, relative_attention=True,
+                                              position_buckets=8, max_relative_positions=32, share_att_key=True,
+                                              norm_rel_ebd="layer_norm", pos_att_type="p2c|c2p",
+                                              position_biased_input=False, legacy=False))
+    v2.save_pretrained(tmp_path / "v2")
+    tokenizer.save_pretrained(tmp_path / "v2")
+    metrics = _run(tmp_path / "v2", tmp_path / "run", *_files("sst2_pl"), "--max_predict_samples", "10")
+    assert "eval_accuracy" in metrics
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "deberta-lite"
+
+
+def test_command_line_overrides_the_recipe():
+    recipe = json.loads((finetune_glue.RECIPES / "mnli.json").read_text())
+    argv = ["--task_name", "mnli", "--output_dir", "x", "--learning_rate", "3e-5"]
+    parser = finetune_glue.HfArgumentParser((finetune_glue.ModelArguments, finetune_glue.DataArguments,
+                                             finetune_glue.TrainingArguments))
+    _, data_args, training_args = parser.parse_args_into_dataclasses(finetune_glue.recipe_arguments(argv) + argv)
+    assert training_args.learning_rate == 3e-5 != recipe["learning_rate"]
+    assert training_args.warmup_steps == recipe["warmup_steps"] and data_args.max_seq_length == 256
+    assert training_args.metric_for_best_model == "accuracy" and training_args.load_best_model_at_end
