@@ -21,9 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e ".[training,dev]"
 	touch $@
 
-# The main job on the bundled corpus (data/wiki_sample): tokenizer -> a few minutes of MLM pretraining with the
-# enhanced mask decoder (validation perplexity and masked-token accuracy before and after) -> fill-mask through
-# AutoModelForMaskedLM and pipeline().
+# The main job on the bundled data: tokenizer -> a few minutes of MLM pretraining with the enhanced mask decoder on
+# data/wiki_sample (validation perplexity and masked-token accuracy before and after) -> fill-mask -> fine-tuning
+# on data/sentiment_sample -> the classifier reloaded through AutoModelForSequenceClassification and pipeline().
 quickstart: install
 	$(PY) scripts/train_tokenizer.py --train_files data/wiki_sample/train.txt --vocab_size 4000 \
 		--output_dir $(QUICKSTART_DIR)/tokenizer
@@ -32,6 +32,10 @@ quickstart: install
 		--max_steps $(QUICKSTART_STEPS) --per_device_train_batch_size 32 --learning_rate 1e-3 --warmup_steps 40 \
 		--logging_steps 50 --save_steps 200 --save_total_limit 1 --use_cpu --report_to none --seed 0
 	$(PY) scripts/fill_mask.py $(QUICKSTART_DIR)/mlm "The city is located on the [MASK] of the river."
+	$(PY) scripts/finetune_glue.py --model_name_or_path $(QUICKSTART_DIR)/mlm --output_dir $(QUICKSTART_DIR)/sentiment \
+		--do_train --do_eval --use_cpu --report_to none --seed 0
+	$(PY) scripts/classify.py $(QUICKSTART_DIR)/sentiment "A moving, beautifully acted and often funny film." \
+		"A dull, lifeless mess that goes nowhere."
 
 test: install
 	$(PY) -m pytest -q

@@ -13,7 +13,13 @@ import datasets
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+    Trainer,
+)
 
 from .convert import convert_deberta_v2_to_lite
 
@@ -321,6 +327,20 @@ def load_classifier(
             label2id={name: i for i, name in enumerate(spec.label_names)},
         )
     return AutoModelForSequenceClassification.from_pretrained(checkpoint, ignore_mismatched_sizes=True, **overrides)
+
+
+def build_trainer(model, tokenizer, spec: TaskSpec, training_args, train_set, eval_set, callbacks=()) -> Trainer:
+    """A Trainer for sentence(-pair) classification or regression: dynamic padding and the task's metrics."""
+    return Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.bf16 else None),
+        compute_metrics=metrics_function(spec),
+        callbacks=list(callbacks),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,23 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import transformers
-from transformers import (
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    EarlyStoppingCallback,
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import AutoTokenizer, EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
 import deberta_lite  # noqa: F401  (registers the Auto classes)
 from deberta_lite.finetuning import (
     GLUE_TASKS,
+    build_trainer,
     load_classifier,
     load_glue_task,
     load_local_task,
-    metrics_function,
     predictions_from_output,
     resolve_checkpoint,
     tokenize_task,
@@ -156,16 +148,8 @@ def main(argv=None) -> dict:
     if data_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
 
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_sets[evaluation_splits[0]] if eval_sets else None,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.bf16 else None),
-        compute_metrics=metrics_function(spec),
-        callbacks=callbacks,
-    )
+    trainer = build_trainer(model, tokenizer, spec, training_args, train_set,
+                            eval_sets[evaluation_splits[0]] if eval_sets else None, callbacks)
     metrics = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -187,3 +187,10 @@ def test_command_line_overrides_the_recipe():
     assert training_args.learning_rate == 3e-5 != recipe["learning_rate"]
     assert training_args.warmup_steps == recipe["warmup_steps"] and data_args.max_seq_length == 256
     assert training_args.metric_for_best_model == "accuracy" and training_args.load_best_model_at_end
+
+
+def test_classify_script_on_a_fine_tuned_checkpoint(checkpoint, tmp_path, capsys):
+    _run(checkpoint, tmp_path, *_files("sst2_pl"), "--max_predict_samples", "5")
+    results = load_script("classify").main([str(tmp_path), "a warm and funny film", "a boring mess"])
+    assert len(results) == 2 and all(r["label"] in {"0", "1"} and 0 <= r["score"] <= 1 for r in results)
+    assert "DebertaLiteForSequenceClassification" in capsys.readouterr().out
