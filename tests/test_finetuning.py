@@ -194,3 +194,50 @@ def test_classify_script_on_a_fine_tuned_checkpoint(checkpoint, tmp_path, capsys
     results = load_script("classify").main([str(tmp_path), "a warm and funny film", "a boring mess"])
     assert len(results) == 2 and all(r["label"] in {"0", "1"} and 0 <= r["score"] <= 1 for r in results)
     assert "DebertaLiteForSequenceClassification" in capsys.readouterr().out
+
+
+def _fake_glue(task_name, load_dataset):
+    """An MNLI- or AX-shaped DatasetDict, as nyu-mll/glue has it, built from real sentence pairs."""
+    import datasets
+
+    table = load_dataset("csv", data_files=str(SHARED_DATA / "plagiarism_pairs" / "train.tsv"),
+                                  delimiter="\t")["train"]
+    pairs = {"premise": table["sentence1"], "hypothesis": table["sentence2"],
+             "label": [label % 3 for label in table["label"]], "idx": list(range(len(table)))}
+    unlabelled = {**pairs, "label": [-1] * len(table)}
+    if task_name == "ax":
+        return datasets.DatasetDict(test=datasets.Dataset.from_dict(unlabelled))
+    return datasets.DatasetDict(
+        train=datasets.Dataset.from_dict(pairs),
+        validation_matched=datasets.Dataset.from_dict(pairs).select(range(20)),
+        validation_mismatched=datasets.Dataset.from_dict(pairs).select(range(20, 45)),
+        test_matched=datasets.Dataset.from_dict(unlabelled).select(range(12)),
+        test_mismatched=datasets.Dataset.from_dict(unlabelled).select(range(12, 30)),
+    )
+
+
+def test_mnli_reports_matched_and_mismatched_and_ax_predicts_with_it(checkpoint, tmp_path, monkeypatch):
+    import deberta_lite.finetuning as finetuning
+
+    requested = []
+    original = finetuning.datasets.load_dataset
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        requested.append((path, name))
+        return _fake_glue(name, original)
+
+    monkeypatch.setattr(finetuning.datasets, "load_dataset", fake_load_dataset)
+    metrics = _run(checkpoint, tmp_path / "mnli", "--task_name", "mnli")
+    assert requested == [("nyu-mll/glue", "mnli")]  # the Hub dataset, with the task as its configuration
+    assert {"eval_accuracy", "eval_mismatched_accuracy"} <= set(metrics)
+    matched = _predictions(tmp_path / "mnli" / "MNLI-m.tsv")
+    mismatched = _predictions(tmp_path / "mnli" / "MNLI-mm.tsv")
+    assert (len(matched), len(mismatched)) == (13, 19)
+    assert {row[1] for row in matched[1:] + mismatched[1:]} <= {"entailment", "neutral", "contradiction"}
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "mnli")
+    assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
+
+    finetune_glue.main(["--task_name", "ax", "--model_name_or_path", str(tmp_path / "mnli"), "--output_dir",
+                        str(tmp_path / "ax"), "--do_predict", "--use_cpu", "--report_to", "none"])
+    rows = _predictions(tmp_path / "ax" / "AX.tsv")
+    assert rows[0] == ["index", "prediction"] and len(rows) == 1 + 76
