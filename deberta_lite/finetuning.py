@@ -18,10 +18,10 @@ from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     PreTrainedTokenizerBase,
-    Trainer,
 )
 
 from .convert import convert_deberta_v2_to_lite
+from .hub import DebertaLiteTrainer
 
 
 @dataclass(frozen=True)
@@ -329,9 +329,9 @@ def load_classifier(
     return AutoModelForSequenceClassification.from_pretrained(checkpoint, ignore_mismatched_sizes=True, **overrides)
 
 
-def build_trainer(model, tokenizer, spec: TaskSpec, training_args, train_set, eval_set, callbacks=()) -> Trainer:
+def build_trainer(model, tokenizer, spec: TaskSpec, training_args, train_set, eval_set, callbacks=()):
     """A Trainer for sentence(-pair) classification or regression: dynamic padding and the task's metrics."""
-    return Trainer(
+    return DebertaLiteTrainer(
         model=model,
         args=training_args,
         train_dataset=train_set,

@@ -12,9 +12,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase, Trainer
+from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from .configuration_deberta_lite import DebertaLiteConfig
+from .hub import DebertaLiteTrainer
 from .masking import DataCollatorForDebertaMLM
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
 
@@ -130,7 +131,7 @@ def mask_once(dataset: datasets.Dataset, collator: DataCollatorForDebertaMLM, se
                            desc="Masking the evaluation set")
 
 
-class MaskingTrainer(Trainer):
+class MaskingTrainer(DebertaLiteTrainer):
     """A Trainer that masks each training batch inside the training step, with the given collator's strategy.
 
     Masks drawn in the data collator cannot be replayed after a resume: Trainer fetches the first batch of a resumed
@@ -191,6 +192,10 @@ def run_pretraining(
         trainer.log_metrics("eval", evaluation)
         trainer.save_metrics("eval", evaluation)
         metrics.update(evaluation)
+    if training_args.push_to_hub:  # the final card, with the evaluation results
+        trainer.push_to_hub()
+    elif trainer.is_world_process_zero() and train_dataset is not None:
+        trainer.create_model_card()
     if "before_loss" in metrics and "eval_loss" in metrics and trainer.is_world_process_zero():
         print(
             f"validation perplexity {metrics['before_perplexity']:.1f} -> {metrics['eval_perplexity']:.1f}, "

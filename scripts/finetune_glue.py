@@ -34,6 +34,7 @@ from deberta_lite.finetuning import (
     tokenize_task,
     write_predictions,
 )
+from deberta_lite.hub import HubPushError, check_push_ready
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +112,7 @@ def main(argv=None) -> dict:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_arguments(argv) + argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    check_push_ready(training_args.push_to_hub, training_args.hub_token)  # before any work that could be lost
     set_seed(training_args.seed)
 
     files = (data_args.train_file, data_args.validation_file, data_args.test_file)
@@ -177,15 +179,16 @@ def main(argv=None) -> dict:
             if trainer.is_world_process_zero():
                 path = write_predictions(Path(training_args.output_dir) / filename, spec, indices, predictions)
                 logger.info("wrote %d predictions to %s", len(predictions), path)
-    if trainer.is_world_process_zero():
-        trainer.create_model_card(
-            model_name=Path(training_args.output_dir).name,
-            finetuned_from=model_args.model_name_or_path,
-            tasks="text-classification",
-            dataset=data_args.task_name or "local files",
-        )
+    card = {"finetuned_from": model_args.model_name_or_path, "dataset": "nyu-mll/glue" if data_args.task_name else None}
+    if training_args.push_to_hub:  # the final card, with the evaluation results
+        trainer.push_to_hub(**card)
+    elif trainer.is_world_process_zero():
+        trainer.create_model_card(model_name=Path(training_args.output_dir).name, **card)
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except HubPushError as error:
+        sys.exit(f"error: {error}")

@@ -20,6 +20,7 @@ import transformers
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 import deberta_lite  # noqa: F401  (registers the Auto classes)
+from deberta_lite.hub import HubPushError, check_push_ready
 from deberta_lite.masking import MASKING_STRATEGIES, DataCollatorForDebertaMLM
 from deberta_lite.pretraining import build_masked_lm, load_raw_datasets, mask_once, run_pretraining, tokenize_and_group
 
@@ -78,6 +79,7 @@ def main(argv=None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    check_push_ready(training_args.push_to_hub, training_args.hub_token)  # before any work that could be lost
     set_seed(training_args.seed)
 
     tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
@@ -135,4 +137,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except HubPushError as error:
+        sys.exit(f"error: {error}")
