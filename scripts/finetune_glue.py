@@ -182,7 +182,7 @@ def main(argv=None) -> dict:
     card = {"finetuned_from": model_args.model_name_or_path, "dataset": "nyu-mll/glue" if data_args.task_name else None}
     if training_args.push_to_hub:  # the final card, with the evaluation results
         trainer.push_to_hub(**card)
-    elif trainer.is_world_process_zero():
+    elif trainer.is_world_process_zero() and training_args.do_train:  # a card for the model this run saved
         trainer.create_model_card(model_name=Path(training_args.output_dir).name, **card)
     return metrics
 
