@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from .convert import convert_deberta_v2_to_lite
+from .data import read_table
 from .hub import DebertaLiteTrainer
 
 
@@ -126,30 +127,6 @@ def metrics_function(spec: TaskSpec):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _read_table(path: str, split: str) -> datasets.Dataset:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{split} file not found: {path}")
-    suffix = path.suffix.lower()
-    builders = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".json": ("json", {}),
-                ".jsonl": ("json", {})}
-    if suffix not in builders:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use csv, tsv, json or jsonl")
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"{path} is empty")
-    if suffix in (".csv", ".tsv") and len(lines) == 1:
-        raise ValueError(f"{path} has a header but no rows")
-    builder, options = builders[suffix]
-    try:
-        table = datasets.load_dataset(builder, data_files={split: str(path)}, **options)[split]
-    except Exception as error:  # pandas and pyarrow parse errors name neither file nor split
-        raise ValueError(f"could not read {path} as {suffix[1:]}: {error}") from error
-    if len(table) == 0:
-        raise ValueError(f"{path} has no rows")
-    return table
-
-
 def _text_columns(spec_columns, requested, columns: list[str], path: str) -> tuple[str, ...]:
     if requested:
         chosen = tuple(requested)
@@ -185,7 +162,7 @@ def load_local_task(
     names the file and the column.
     """
     files = {"train": train_file, "validation": validation_file, "test": test_file}
-    tables = {split: _read_table(path, split) for split, path in files.items() if path}
+    tables = {split: read_table(path, split) for split, path in files.items() if path}
     if "train" not in tables and "validation" not in tables and "test" not in tables:
         raise ValueError("give at least one of --train_file, --validation_file, --test_file")
     first_split = next(iter(tables))

@@ -15,13 +15,10 @@ import torch
 from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from .configuration_deberta_lite import DebertaLiteConfig
+from .data import read_table
 from .hub import DebertaLiteTrainer
 from .masking import DataCollatorForDebertaMLM
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
-
-
-# File suffix -> datasets builder.
-DATA_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 def load_raw_datasets(
@@ -44,15 +41,7 @@ def load_raw_datasets(
         if not train_file:
             raise ValueError("give --dataset_name or --train_file")
         files = {"train": train_file, **({"validation": validation_file} if validation_file else {})}
-        suffixes = {Path(path).suffix.lower() for path in files.values()}
-        for path in files.values():
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"data file not found: {path}")
-            if Path(path).suffix.lower() not in DATA_BUILDERS:
-                raise ValueError(f"{path}: unsupported file type; use one of {sorted(DATA_BUILDERS)}")
-        if len({DATA_BUILDERS[suffix] for suffix in suffixes}) > 1:
-            raise ValueError(f"train and validation files must be of one type, got {sorted(suffixes)}")
-        raw = datasets.load_dataset(DATA_BUILDERS[suffixes.pop()], data_files=files, cache_dir=cache_dir)
+        raw = datasets.DatasetDict({split: read_table(path, split, cache_dir) for split, path in files.items()})
         where = train_file
     if "train" not in raw:
         raise ValueError(f"{where} has no train split; splits: {list(raw)}")
