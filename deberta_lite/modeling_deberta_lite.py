@@ -24,7 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from transformers import PreTrainedModel
+from torch.utils.checkpoint import checkpoint
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -122,6 +123,83 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+class DisentangledBias:
+    """c2p + p2c described by two (N, 2k) tables per head and the shared relative index, without an N x N tensor.
+
+    c2p[i, j] = C2P[i, delta(i, j)] and p2c[i, j] = P2C[j, delta(i, j)], with C2P = Qc·Krᵀ and P2C = Kc·Qrᵀ already
+    divided by sqrt(d·s). `full()` materialises (B, nh, Nq, Nk) for kernels that take an additive bias; `rows()`
+    builds only a block of query rows, for the memory-lean kernel.
+    """
+
+    def __init__(self, c2p: torch.Tensor | None, p2c: torch.Tensor | None, relative_pos: torch.LongTensor):
+        self.c2p = c2p  # (B, nh, Nq, 2k)
+        self.p2c = p2c  # (B, nh, Nk, 2k)
+        self.relative_pos = relative_pos  # (Nq, Nk)
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        """Bias of query rows [start, end): (B, nh, end - start, Nk)."""
+        index = self.relative_pos[start:end]  # (q, Nk); only ever broadcast over batch and heads
+        bias = 0
+        if self.c2p is not None:
+            c2p = self.c2p[:, :, start:end]
+            bias = bias + torch.gather(c2p, -1, index.expand(*c2p.shape[:2], *index.shape))
+        if self.p2c is not None:
+            transposed = index.transpose(0, 1)  # (Nk, q)
+            gathered = torch.gather(self.p2c, -1, transposed.expand(*self.p2c.shape[:2], *transposed.shape))
+            bias = bias + gathered.transpose(-1, -2)
+        return bias
+
+    def full(self) -> torch.Tensor:
+        return self.rows(0, self.relative_pos.shape[0])
+
+
+def chunked_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    disentangled_bias: DisentangledBias | None = None,
+    attention_chunk_size: int = 256,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Memory-lean exact attention: SDPA over blocks of query rows, each with its own slice of the bias.
+
+    Nothing of size (B, nh, N, N) exists: each block's bias is built from the (N, 2k) tables. In training every
+    block is checkpointed, so its bias and scores are recomputed in the backward pass instead of kept.
+    `attention_chunk_size` (a forward keyword argument) sets the rows per block.
+    """
+    query_len = query.shape[2]
+    min_value = torch.finfo(query.dtype).min
+
+    def block(query_rows: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        bias = disentangled_bias.rows(start, end).to(query_rows.dtype)  # (B, nh, q, Nk)
+        if attention_mask is not None:
+            bias = torch.where(attention_mask[:, :, start:end], bias, min_value)
+        return nn.functional.scaled_dot_product_attention(
+            query_rows, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling
+        )
+
+    outputs = []
+    for start in range(0, query_len, attention_chunk_size):
+        end = min(start + attention_chunk_size, query_len)
+        rows = query[:, :, start:end]
+        if torch.is_grad_enabled() and (rows.requires_grad or key.requires_grad or value.requires_grad):
+            outputs.append(checkpoint(block, rows, start, end, use_reentrant=False))
+        else:
+            outputs.append(block(rows, start, end))
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (B, Nq, nh, d)
+
+
+# Kernels that read the bias as (N, 2k) tables; every other kernel receives the materialised `position_bias`.
+# With the default "sdpa", inputs this long switch to the chunked kernel; "eager" and other kernels never switch.
+LEAN_ATTENTION_MIN_LENGTH = 1024
+chunked_attention_forward.takes_disentangled_bias = True
+AttentionInterface.register("deberta_chunked", chunked_attention_forward)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Modules, leaf first
 # ----------------------------------------------------------------------------------------------------------------
@@ -212,23 +290,17 @@ class DebertaLiteAttention(nn.Module):
         key: torch.Tensor,
         relative_pos: torch.LongTensor,
         rel_embeddings: torch.Tensor,
-    ) -> torch.Tensor:
-        """c2p + p2c as an additive (B, nh, Nq, Nk) bias, already divided by sqrt(d·s)."""
+    ) -> DisentangledBias:
+        """The (N, 2k) tables C2P = Qc·Krᵀ and P2C = Kc·Qrᵀ, divided by sqrt(d·s) before any lookup."""
         rel_embeddings = self.pos_dropout(rel_embeddings)  # (2k, H)
-        batch, _, query_len, _ = query.shape
-        key_len = key.shape[2]
-        position_bias = 0
+        c2p = p2c = None
         if "c2p" in self.pos_att_type:
             pos_key = self._heads((self.key_proj if self.share_att_key else self.pos_key_proj)(rel_embeddings))
             c2p = torch.matmul(query, pos_key.transpose(-1, -2)) * self.scaling  # (B, nh, Nq, 2k)
-            index = relative_pos.expand(batch, self.num_heads, query_len, key_len)
-            position_bias = position_bias + torch.gather(c2p, -1, index)
         if "p2c" in self.pos_att_type:
             pos_query = self._heads((self.query_proj if self.share_att_key else self.pos_query_proj)(rel_embeddings))
             p2c = torch.matmul(key, pos_query.transpose(-1, -2)) * self.scaling  # (B, nh, Nk, 2k)
-            index = relative_pos.transpose(0, 1).expand(batch, self.num_heads, key_len, query_len)
-            position_bias = position_bias + torch.gather(p2c, -1, index).transpose(-1, -2)
-        return position_bias
+        return DisentangledBias(c2p, p2c, relative_pos)
 
     def forward(
         self,
@@ -244,11 +316,16 @@ class DebertaLiteAttention(nn.Module):
         query = self._heads(self.query_proj(query_states))  # (B, nh, Nq, d)
         key = self._heads(self.key_proj(hidden_states))  # (B, nh, Nk, d)
         value = self._heads(self.value_proj(hidden_states))  # (B, nh, Nk, d)
-        position_bias = self.disentangled_bias(query, key, relative_pos, rel_embeddings)
+        bias = self.disentangled_bias(query, key, relative_pos, rel_embeddings)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        implementation = self.config._attn_implementation
+        if implementation == "sdpa" and query.shape[2] >= LEAN_ATTENTION_MIN_LENGTH:
+            implementation = "deberta_chunked"  # long inputs: never materialise N x N scores
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        if getattr(attention_interface, "takes_disentangled_bias", False):
+            kwargs["disentangled_bias"] = bias
+        else:
+            kwargs["position_bias"] = bias.full()
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -257,7 +334,6 @@ class DebertaLiteAttention(nn.Module):
             attention_mask,
             scaling=self.scaling,
             dropout=self.attention_dropout if self.training else 0.0,
-            position_bias=position_bias,
             **kwargs,
         )
         attn_output = attn_output.reshape(*query_states.shape[:-1], -1)  # (B, Nq, H)
