@@ -119,6 +119,11 @@ class DebertaLiteConfig(PreTrainedConfig):
         """k: the relative table has 2k rows and relative indices are clamped to [0, 2k)."""
         if self.position_buckets > 0:
             return self.position_buckets
+        return self.max_relative_distance
+
+    @property
+    def max_relative_distance(self) -> int:
+        """The distance the log buckets reach their last bucket at: max_relative_positions, or the absolute size."""
         return self.max_relative_positions if self.max_relative_positions >= 1 else self.max_position_embeddings
 
     def _check_values(self):
@@ -160,13 +165,11 @@ class DebertaLiteConfig(PreTrainedConfig):
             raise ValueError(f"conv_kernel_size must be odd (the output keeps the input length), got {self.conv_kernel_size}")
         if self.conv_kernel_size and self.hidden_size % self.conv_groups:
             raise ValueError(f"conv_groups ({self.conv_groups}) must divide hidden_size ({self.hidden_size})")
-        if self.position_buckets > 0:
-            max_position = self.max_relative_positions if self.max_relative_positions >= 1 else self.max_position_embeddings
-            if max_position - 1 <= self.position_buckets // 2:
-                raise ValueError(
-                    f"position_buckets={self.position_buckets} needs max_relative_positions (effective {max_position}) "
-                    f"greater than position_buckets // 2 + 1 for the log buckets to be defined"
-                )
+        if self.position_buckets > 0 and self.max_relative_distance - 1 <= self.position_buckets // 2:
+            raise ValueError(
+                f"position_buckets={self.position_buckets} needs max_relative_positions (effective "
+                f"{self.max_relative_distance}) greater than position_buckets // 2 + 1 for the log buckets to be defined"
+            )
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id must be in [0, vocab_size={self.vocab_size}) or None, got {self.pad_token_id}")
 

@@ -76,11 +76,22 @@ def build_relative_position(
     span = config.relative_span
     relative_pos = torch.arange(query_size, device=device)[:, None] - torch.arange(key_size, device=device)[None, :]
     if config.position_buckets > 0:
-        max_position = (
-            config.max_relative_positions if config.max_relative_positions >= 1 else config.max_position_embeddings
-        )
-        relative_pos = make_log_bucket_position(relative_pos, config.position_buckets, max_position)
+        relative_pos = make_log_bucket_position(relative_pos, config.position_buckets, config.max_relative_distance)
     return torch.clamp(relative_pos + span, 0, 2 * span - 1)
+
+
+def reachable_rows(seq_len: int, config: DebertaLiteConfig) -> tuple[int, int]:
+    """[first, last]: the rows of the relative table that a sequence of `seq_len` tokens can index.
+
+    Short inputs never reach the outer rows (128 tokens with 256 buckets use 255 of 512), so only these rows are
+    projected and multiplied; the rest would be computed and never read.
+    """
+    span = config.relative_span
+    reach = torch.tensor([seq_len - 1])
+    if config.position_buckets > 0:
+        reach = make_log_bucket_position(reach, config.position_buckets, config.max_relative_distance)
+    reach = int(reach)
+    return max(0, span - reach), min(2 * span - 1, span + reach)
 
 
 def pair_attention_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -444,10 +455,17 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding):
         self.embeddings.word_embeddings = value
 
-    def get_rel_embeddings(self) -> torch.Tensor:
-        """The relative table as every layer sees it (normalised once per forward for v2/v3): (2k, H)."""
-        rel_embeddings = self.rel_embeddings.weight
-        return rel_embeddings if self.rel_norm is None else self.rel_norm(rel_embeddings)
+    def relative_inputs(self, seq_len: int, device: torch.device) -> tuple[torch.LongTensor, torch.Tensor]:
+        """The relative index (N, N) and the rows of the relative table it can reach, the index shifted onto them.
+
+        The table is normalised once per forward (v2/v3), here, not per layer.
+        """
+        first, last = reachable_rows(seq_len, self.config)
+        relative_pos = build_relative_position(seq_len, seq_len, self.config, device) - first
+        rel_embeddings = self.rel_embeddings.weight[first : last + 1]  # (rows, H)
+        if self.rel_norm is not None:
+            rel_embeddings = self.rel_norm(rel_embeddings)
+        return relative_pos, rel_embeddings
 
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
         """Clear errors for bad input, before an index error deep inside an embedding or a gather."""
@@ -500,8 +518,7 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
         hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids, attention_mask)
         seq_len = hidden_states.shape[1]
-        relative_pos = build_relative_position(seq_len, seq_len, self.config, hidden_states.device)
-        rel_embeddings = self.get_rel_embeddings()
+        relative_pos, rel_embeddings = self.relative_inputs(seq_len, hidden_states.device)
         pair_mask = pair_attention_mask(attention_mask)  # (B, 1, N, N)
         for layer in self.layers:
             hidden_states = layer(
@@ -576,8 +593,7 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         absolute = embeddings.position_embeddings(position_ids)  # raw rows, not layer-normed
         if embeddings.embed_proj is not None:  # the table is embedding_size wide
             absolute = embeddings.embed_proj(absolute)
-        relative_pos = build_relative_position(seq_len, seq_len, self.config, hidden_states.device)
-        rel_embeddings = self.deberta.get_rel_embeddings()
+        relative_pos, rel_embeddings = self.deberta.relative_inputs(seq_len, hidden_states.device)
         pair_mask = pair_attention_mask(attention_mask)
         last_layer = self.deberta.layers[-1]
         query_states = hidden_states + absolute

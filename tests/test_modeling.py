@@ -364,3 +364,15 @@ def test_bf16_chunked_is_close_to_fp32_eager():
     actual = model(input_ids, attention_mask=attention_mask, attention_chunk_size=5).last_hidden_state
     keep = attention_mask.bool()
     assert_close(actual[keep].float(), reference[keep], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(position_buckets=-1, max_relative_positions=20),
+                                       dict(position_buckets=256, max_relative_positions=512,
+                                            max_position_embeddings=512)])
+@pytest.mark.parametrize("length", [1, 2, 7, 12, 64, 200, 300, 700])
+def test_reachable_rows_are_exactly_the_rows_the_index_uses(overrides, length):
+    from deberta_lite.modeling_deberta_lite import reachable_rows
+
+    config = tiny_config(**overrides)
+    index = build_relative_position(length, length, config, torch.device("cpu"))
+    assert reachable_rows(length, config) == (int(index.min()), int(index.max()))
