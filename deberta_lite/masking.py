@@ -70,8 +70,8 @@ class DataCollatorForDebertaMLM:
             raise ValueError("mask_replace_prob + random_replace_prob must not exceed 1")
         if self.tokenizer.mask_token_id is None:
             raise ValueError("the tokenizer has no mask token, which masked LM needs")
-        special = set(self.tokenizer.all_special_ids)
-        self._random_ids = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special])
+        self._special_ids = set(self.tokenizer.all_special_ids)
+        self._random_ids = torch.tensor([i for i in range(len(self.tokenizer)) if i not in self._special_ids])
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.pad(examples)
@@ -98,10 +98,9 @@ class DataCollatorForDebertaMLM:
 
     def chosen_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """bool (B, N): the tokens to predict."""
-        special = set(self.tokenizer.all_special_ids)
         chosen = torch.zeros_like(input_ids, dtype=torch.bool)
         for row, (ids, keep) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
-            candidate = [bool(k) and token not in special for token, k in zip(ids, keep)]
+            candidate = [bool(k) and token not in self._special_ids for token, k in zip(ids, keep)]
             if self.masking == "token":
                 units = [[position] for position, is_candidate in enumerate(candidate) if is_candidate]
             else:
