@@ -136,11 +136,11 @@ def main(argv=None) -> dict:
     def limit(dataset, count):
         return dataset if count is None else dataset.select(range(min(count, len(dataset))))
 
+    if training_args.do_train and "train" not in tokenized:
+        raise ValueError("--do_train needs training data (--train_file or a GLUE task with a train split)")
     evaluation_splits = [split for split in spec.evaluation_splits if split in tokenized]
     eval_sets = {split: limit(tokenized[split], data_args.max_eval_samples) for split in evaluation_splits}
     train_set = limit(tokenized["train"], data_args.max_train_samples) if training_args.do_train else None
-    if training_args.do_train and train_set is None:
-        raise ValueError("--do_train needs training data (--train_file or a GLUE task)")
     if training_args.load_best_model_at_end and training_args.metric_for_best_model in (None, "loss") and eval_sets:
         logger.warning("selecting the best checkpoint by eval loss; the task's main metric is %s "
                        "(--metric_for_best_model %s --greater_is_better true)", spec.main_metric, spec.main_metric)

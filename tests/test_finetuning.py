@@ -241,3 +241,10 @@ def test_mnli_reports_matched_and_mismatched_and_ax_predicts_with_it(checkpoint,
                         str(tmp_path / "ax"), "--do_predict", "--use_cpu", "--report_to", "none"])
     rows = _predictions(tmp_path / "ax" / "AX.tsv")
     assert rows[0] == ["index", "prediction"] and len(rows) == 1 + 76
+
+
+def test_do_train_without_training_data_is_a_clear_error(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="--do_train needs training data"):
+        finetune_glue.main(["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path), "--do_train",
+                            "--validation_file", str(SHARED_DATA / "sst2_pl" / "validation.tsv"), "--use_cpu",
+                            "--report_to", "none"])
