@@ -282,6 +282,25 @@ def resolve_checkpoint(model_name_or_path: str, work_dir: str | Path, allow_pick
     return str(target)
 
 
+def head_settings(spec: TaskSpec, cls_dropout: float | None = None, pooler_dropout: float | None = None) -> dict:
+    """Config values of a classification head for `spec`: labels, problem type, and dropouts when given."""
+    settings = {}
+    if cls_dropout is not None:
+        settings["cls_dropout"] = cls_dropout
+    if pooler_dropout is not None:
+        settings["pooler_dropout"] = pooler_dropout
+    if spec.is_regression:
+        settings.update(num_labels=1, problem_type="regression", id2label={0: "score"}, label2id={"score": 0})
+    else:
+        settings.update(
+            num_labels=len(spec.label_names),
+            problem_type="single_label_classification",
+            id2label=dict(enumerate(spec.label_names)),
+            label2id={name: i for i, name in enumerate(spec.label_names)},
+        )
+    return settings
+
+
 def load_classifier(
     checkpoint: str,
     spec: TaskSpec,
@@ -289,21 +308,9 @@ def load_classifier(
     pooler_dropout: float | None = None,
 ):
     """A sequence classifier for `spec` from a checkpoint; a new head when the checkpoint has none (or another)."""
-    overrides = {}
-    if cls_dropout is not None:
-        overrides["cls_dropout"] = cls_dropout
-    if pooler_dropout is not None:
-        overrides["pooler_dropout"] = pooler_dropout
-    if spec.is_regression:
-        overrides.update(num_labels=1, problem_type="regression", id2label={0: "score"}, label2id={"score": 0})
-    else:
-        overrides.update(
-            num_labels=len(spec.label_names),
-            problem_type="single_label_classification",
-            id2label=dict(enumerate(spec.label_names)),
-            label2id={name: i for i, name in enumerate(spec.label_names)},
-        )
-    return AutoModelForSequenceClassification.from_pretrained(checkpoint, ignore_mismatched_sizes=True, **overrides)
+    return AutoModelForSequenceClassification.from_pretrained(
+        checkpoint, ignore_mismatched_sizes=True, **head_settings(spec, cls_dropout, pooler_dropout)
+    )
 
 
 def build_trainer(model, tokenizer, spec: TaskSpec, training_args, train_set, eval_set, callbacks=()):

@@ -13,7 +13,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments, set_seed
 
 import deberta_lite  # noqa: F401  (registers the Auto classes)
-from deberta_lite.finetuning import build_trainer, load_classifier, load_local_task, tokenize_task
+from deberta_lite.finetuning import build_trainer, head_settings, load_classifier, load_local_task, tokenize_task
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +39,11 @@ def main(argv=None) -> dict:
         tokenized = tokenize_task(data, spec, tokenizer, args.max_seq_length)
         for start in ("pretrained", "random init"):
             set_seed(args.seed)
-            model = load_classifier(args.checkpoint, spec)
-            if start == "random init":  # same architecture and head, fresh weights drawn with the same seed
-                set_seed(args.seed)
-                model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(
-                    args.checkpoint, num_labels=model.config.num_labels, id2label=model.config.id2label,
-                    label2id=model.config.label2id, problem_type=model.config.problem_type))
+            if start == "pretrained":
+                model = load_classifier(args.checkpoint, spec)
+            else:  # same architecture and head, fresh weights drawn with the same seed
+                model = AutoModelForSequenceClassification.from_config(
+                    AutoConfig.from_pretrained(args.checkpoint, **head_settings(spec)))
             training_args = TrainingArguments(
                 output_dir=str(Path(args.output_dir) / task / start.replace(" ", "_")),
                 num_train_epochs=args.epochs,
