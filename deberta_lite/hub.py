@@ -1,8 +1,9 @@
 """Sharing on the Hugging Face Hub: model cards, pushing a checkpoint, and failing early when pushing cannot work.
 
 A pushed repository holds the safetensors weights, the config (whose `auto_map` names every Auto class), the
-configuration and modeling source files (remote code), the tokenizer files and a model card; never pickles,
-optimizer states or intermediate checkpoints.
+configuration and modeling source files (remote code), the tokenizer files and a model card. `push_checkpoint`
+never uploads pickles, optimizer states or intermediate checkpoints; Trainer's own pushes include its
+`training_args.bin`.
 """
 
 import json
