@@ -2,8 +2,9 @@
 
 A pushed repository holds the safetensors weights, the config (whose `auto_map` names every Auto class), the
 configuration and modeling source files (remote code), the tokenizer files and a model card. `push_checkpoint`
-never uploads pickles, optimizer states or intermediate checkpoints; Trainer's own pushes include its
-`training_args.bin`.
+never uploads pickles, optimizer states or intermediate checkpoints. Our trainers save the training arguments as
+`training_args.json`; only Trainer's pushes of intermediate saves (`--hub_strategy every_save`) still write and
+upload its pickled `training_args.bin`.
 """
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from transformers import Trainer
+
+from .checkpoints import CrashSafeCheckpoints
 
 
 PIPELINE_TAGS = {
@@ -146,8 +149,10 @@ def hyperparameters_of(training_args) -> dict:
     return {key: getattr(training_args, key) for key in HYPERPARAMETERS if getattr(training_args, key, None)}
 
 
-class DebertaLiteTrainer(Trainer):
+class DebertaLiteTrainer(CrashSafeCheckpoints, Trainer):
     """Trainer whose model card is DeBERTa-lite's, and whose pushes fail with a message that says how to retry.
+
+    Its checkpoints are crash-safe (`deberta_lite.checkpoints`).
 
     Every push goes through `push_to_hub` (Trainer's save_model pushes too when --push_to_hub is set), always after
     the checkpoint is saved locally.

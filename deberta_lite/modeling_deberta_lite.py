@@ -20,8 +20,10 @@ the configuration file beside it.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from torch.utils.checkpoint import checkpoint
@@ -421,6 +423,18 @@ class DebertaLiteLayer(GradientCheckpointingLayer):
         return layer_output
 
 
+def unreadable_weights(pretrained_model_name_or_path) -> str:
+    """The safetensors file of a local checkpoint that fails to open, else the checkpoint's name."""
+    directory = Path(str(pretrained_model_name_or_path))
+    for path in sorted(directory.glob("*.safetensors")) if directory.is_dir() else []:
+        try:
+            with safe_open(path, framework="pt") as weights:
+                weights.keys()
+        except SafetensorError:
+            return str(path)
+    return f"a weights file of {pretrained_model_name_or_path}"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Pretrained base and the encoder
 # ----------------------------------------------------------------------------------------------------------------
@@ -438,6 +452,31 @@ class DebertaLitePreTrainedModel(PreTrainedModel):
     # seeing **kwargs in forward, if this were True.) The MLM head overrides it and honours num_items_in_batch.
     accepts_loss_kwargs = False
     _can_record_outputs = {"hidden_states": DebertaLiteLayer, "attentions": DebertaLiteAttention}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained` with two safeguards.
+
+        - Weights load from safetensors only. Pickled weights (`pytorch_model.bin`) can run code when unpickled; they
+          load only with an explicit `use_safetensors=False`, and then through `torch.load(weights_only=True)`.
+        - A truncated or corrupted safetensors file is named in the error (safetensors' own message names none).
+        """
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f"{unreadable_weights(pretrained_model_name_or_path)} cannot be read ({error}): the file "
+                          "is truncated or corrupted; save or download it again") from error
+        except OSError as error:
+            directory = Path(str(pretrained_model_name_or_path))
+            pickled = [path.name for path in directory.glob("*.bin")] if directory.is_dir() else []
+            if not kwargs["use_safetensors"] or not pickled or any(directory.glob("*.safetensors")):
+                raise
+            raise OSError(
+                f"{directory} holds pickled weights ({', '.join(pickled)}) and no safetensors. Unpickling can run "
+                "code: pass use_safetensors=False to load them anyway (with torch.load(weights_only=True)), then "
+                "save_pretrained() them as safetensors"
+            ) from error
 
 
 class DebertaLiteModel(DebertaLitePreTrainedModel):

@@ -169,8 +169,7 @@ def run_pretraining(
         trainer.log_metrics("before", before)
         metrics.update(before)
     if train_dataset is not None:
-        resume = training_args.resume_from_checkpoint
-        result = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

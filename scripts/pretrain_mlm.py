@@ -8,7 +8,8 @@ Data: `--dataset_name/--dataset_config_name` (the Hub, when online), `--train_fi
 jsonl, csv, parquet), or, with neither, the bundled sample in data/wiki_sample. Multi-process and multi-GPU runs go
 through accelerate: `accelerate launch --config_file configs/accelerate/ddp.yaml scripts/pretrain_mlm.py ...`.
 Every TrainingArguments option works (`--resume_from_checkpoint`, `--gradient_accumulation_steps`, `--bf16`,
-`--fp16`, `--push_to_hub`, ...); `--resume_from_checkpoint latest` picks the newest checkpoint in output_dir.
+`--fp16`, `--push_to_hub`, ...). `--resume_from_checkpoint latest` picks the newest complete checkpoint in
+output_dir: a checkpoint whose save was interrupted is never resumed from (`deberta_lite/checkpoints.py`).
 """
 
 import logging
