@@ -43,7 +43,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.import_utils import is_torchdynamo_compiling
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.output_capturing import _active_collector, capture_outputs, maybe_install_capturing_hooks
 
 from .configuration_deberta_lite import DebertaLiteConfig
 
@@ -607,6 +607,10 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         self.deberta = DebertaLiteModel(config)
         self.lm_head = DebertaLiteLMHead(config)
         self.post_init()
+        if self.uses_emd:
+            # The EMD reads the encoder's hidden states, whose hooks transformers installs on first use; installing
+            # them inside torch.compile's trace fails (a lock), so they are installed here.
+            maybe_install_capturing_hooks(self.deberta)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head.decoder
@@ -641,15 +645,22 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         pair_mask = pair_attention_mask(attention_mask)
         last_layer = self.deberta.layers[-1]
         query_states = hidden_states + absolute
-        for _ in range(self.config.emd_num_layers):
-            query_states = last_layer(
-                hidden_states,
-                pair_mask,
-                relative_pos,
-                rel_embeddings,
-                padding_mask=attention_mask,
-                query_states=query_states,
-            )
+        # These calls run outside the encoder's output-capturing scope, yet its hooks on the layer fire. An empty
+        # collector keeps them inert, as no collector does, and unlike no collector it can be traced by
+        # torch.compile (the hooks would otherwise read a ContextVar, which dynamo cannot trace).
+        token = _active_collector.set({})
+        try:
+            for _ in range(self.config.emd_num_layers):
+                query_states = last_layer(
+                    hidden_states,
+                    pair_mask,
+                    relative_pos,
+                    rel_embeddings,
+                    padding_mask=attention_mask,
+                    query_states=query_states,
+                )
+        finally:
+            _active_collector.reset(token)
         return query_states
 
     def _check_emd_length(self, seq_len: int, position_ids: torch.LongTensor | None):
@@ -700,12 +711,11 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
             # Decode only the masked positions: the vocabulary projection is most of the head's cost.
             masked = labels != -100
             logits = self.lm_head(sequence_output[masked])  # (num_masked, V)
-            if logits.shape[0] and num_items_in_batch is not None:
-                loss = CrossEntropyLoss(reduction="sum")(logits.float(), labels[masked]) / num_items_in_batch
-            elif logits.shape[0]:
-                loss = CrossEntropyLoss()(logits.float(), labels[masked])
-            else:  # nothing masked in this batch: a zero loss that still backpropagates
-                loss = sequence_output.sum() * 0.0
+            # A sum over a count, with no branch on the count, so torch.compile traces it whatever the mask holds.
+            # With nothing masked the sum is an empty one: a zero loss that still backpropagates (zero gradients).
+            count = masked.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
+            total = CrossEntropyLoss(reduction="sum")(logits.float(), labels[masked])
+            loss = total / count.to(total.device).clamp(min=1)
         return MaskedLMOutput(
             loss=loss,
             logits=logits,
@@ -828,6 +838,9 @@ class DebertaLiteForTokenClassification(DebertaLitePreTrainedModel):
 class DebertaLiteForQuestionAnswering(DebertaLitePreTrainedModel):
     def __init__(self, config: DebertaLiteConfig):
         super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"question answering predicts span starts and ends: num_labels must be 2, got "
+                             f"{config.num_labels}")
         self.deberta = DebertaLiteModel(config)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()

@@ -219,6 +219,8 @@ def test_token_classification_and_question_answering():
         + torch.nn.functional.cross_entropy(out.end_logits[:2], ends[:2])
     ) / 2
     assert_close(out.loss, expected)
+    with pytest.raises(ValueError, match="num_labels must be 2, got 3"):
+        DebertaLiteForQuestionAnswering(tiny_config(num_labels=3))
 
 
 def test_multiple_choice_scores_each_choice_independently():
