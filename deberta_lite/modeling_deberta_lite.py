@@ -9,7 +9,9 @@ Numerically the same model as transformers' DebertaV2 (see ../shared/docs/debert
   only ever broadcast (never materialised per batch and head). The relative-table projections are not repeated
   over the batch.
 - The attention kernel is a runtime choice through transformers' `AttentionInterface`: `eager` (the specification,
-  returns attention weights) and `sdpa` (the bias passed as an additive mask). Every kernel has one signature.
+  returns attention weights), `sdpa` (the bias passed as an additive mask), `deberta_chunked` (memory-lean: SDPA per
+  block of query rows, each block's bias read from the tables) and `deberta_flex` (flex_attention reading the tables
+  in a score_mod; for GPUs). Every kernel has one signature.
 - The absolute position table always exists, because the enhanced mask decoder needs it even when
   `position_biased_input=False`.
 - The optional v2 convolution lives in the first layer that it follows, so captured hidden states include it.
@@ -19,6 +21,7 @@ This file is copied next to the weights by `save_pretrained` (remote code): it i
 the configuration file beside it.
 """
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from torch.nn.attention.flex_attention import flex_attention
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.activations import ACT2FN
@@ -210,11 +214,56 @@ def chunked_attention_forward(
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (B, Nq, nh, d)
 
 
+def flex_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    disentangled_bias: DisentangledBias | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """`flex_attention` with a score_mod that reads c2p and p2c from the (N, 2k) tables: no N x N tensor at all.
+
+    Meant for GPUs, where the call is compiled into one fused kernel with backward. On a CPU, torch runs it
+    uncompiled (it materialises the scores) and forward only; there it is a correctness reference, not a fast path.
+    It has no attention dropout.
+    """
+    if dropout > 0:
+        raise ValueError("attn_implementation='deberta_flex' has no attention dropout: set "
+                         "attention_probs_dropout_prob=0 or use 'sdpa'")
+    c2p, p2c, relative_pos = disentangled_bias.c2p, disentangled_bias.p2c, disentangled_bias.relative_pos
+    min_value = torch.finfo(query.dtype).min
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        delta = relative_pos[q_idx, kv_idx]
+        if c2p is not None:
+            score = score + c2p[b, h, q_idx, delta]
+        if p2c is not None:
+            score = score + p2c[b, h, kv_idx, delta]
+        if attention_mask is not None:
+            score = torch.where(attention_mask[b, 0, q_idx, kv_idx], score, min_value)
+        return score
+
+    attend = compiled_flex_attention() if query.is_cuda else flex_attention
+    attn_output = attend(query, key, value, score_mod=score_mod, scale=scaling)
+    return attn_output.transpose(1, 2).contiguous(), None  # (B, Nq, nh, d)
+
+
+@functools.cache
+def compiled_flex_attention():
+    return torch.compile(flex_attention, dynamic=False)
+
+
 # Kernels that read the bias as (N, 2k) tables; every other kernel receives the materialised `position_bias`.
 # With the default "sdpa", inputs this long switch to the chunked kernel; "eager" and other kernels never switch.
 LEAN_ATTENTION_MIN_LENGTH = 1024
 chunked_attention_forward.takes_disentangled_bias = True
+flex_attention_forward.takes_disentangled_bias = True
 AttentionInterface.register("deberta_chunked", chunked_attention_forward)
+AttentionInterface.register("deberta_flex", flex_attention_forward)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ One process and the same weights: DeBERTa-lite is converted to transformers' Deb
 - forward+backward step latency, for the --train_shapes;
 - peak memory: on CUDA `max_memory_allocated`; on CPU the peak RSS above the level before the call, sampled every
   2 ms by a thread.
-Ratios are to BertModel and to DebertaV2 of the same run.
+Ratios are to BertModel and to DebertaV2 of the same run. On CUDA the flex_attention backend (`deberta_flex`) is
+measured too.
 
     python scripts/benchmark.py                                      # base size, CPU fp32: hours on 2 cores
     python scripts/benchmark.py --shapes 1x512 1x2048 --lean_shapes 1x8192 --train_shapes
@@ -105,11 +106,16 @@ def build_models(size: str, dtype: torch.dtype, device: torch.device) -> dict:
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
         max_position_embeddings=8192, type_vocab_size=1, attn_implementation="sdpa"), add_pooling_layer=False)
-    chunked = DebertaLiteModel(config)
-    chunked.load_state_dict(lite.state_dict())
-    chunked.set_attn_implementation("deberta_chunked")
-    models = {"deberta_lite": lite, "deberta_lite_chunked": chunked, "transformers_debertav2": debertav2,
-              "bert_sdpa": bert}
+    def same_weights(implementation: str) -> DebertaLiteModel:
+        model = DebertaLiteModel(config)
+        model.load_state_dict(lite.state_dict())
+        model.set_attn_implementation(implementation)
+        return model
+
+    models = {"deberta_lite": lite, "deberta_lite_chunked": same_weights("deberta_chunked"),
+              "transformers_debertav2": debertav2, "bert_sdpa": bert}
+    if device.type == "cuda":  # flex_attention is a fused kernel on GPUs only (on a CPU: unfused, forward only)
+        models["deberta_lite_flex"] = same_weights("deberta_flex")
     return {name: model.to(device=device, dtype=dtype) for name, model in models.items()}
 
 
@@ -137,7 +143,8 @@ def main(argv=None) -> list[dict]:
     vocab = models["deberta_lite"].config.vocab_size
     rows = []
     plan = ([(shape, "forward", list(models)) for shape in args.shapes]
-            + [(shape, "forward", ["deberta_lite", "deberta_lite_chunked", "bert_sdpa"]) for shape in args.lean_shapes]
+            + [(shape, "forward", [name for name in models if name.startswith("deberta_lite") or name == "bert_sdpa"])
+               for shape in args.lean_shapes]
             + [(shape, "train step", list(models)) for shape in args.train_shapes])
     for shape, kind, names in plan:
         batch, length = parse_shape(shape)
@@ -167,8 +174,10 @@ def main(argv=None) -> list[dict]:
 def markdown_table(rows: list[dict], args) -> str:
     header = (f"{args.size} size, {args.dtype}, {args.device}"
               + (f", {args.threads} threads" if args.device == "cpu" else "") + f", median of {args.repeats}")
-    lines = [header, "", "| step | shape | DeBERTa-lite (sdpa/auto) | DeBERTa-lite chunked | transformers DebertaV2 "
-             "| BertModel (sdpa) | lite / BERT | DebertaV2 / lite |", "|---|---|---|---|---|---|---|---|"]
+    flex = any(r["model"] == "deberta_lite_flex" for r in rows)
+    lines = [header, "", "| step | shape | DeBERTa-lite (sdpa/auto) | DeBERTa-lite chunked | "
+             + ("DeBERTa-lite flex | " if flex else "") + "transformers DebertaV2 | BertModel (sdpa) | lite / BERT "
+             "| DebertaV2 / lite |", "|---|---|---|---|---|---|---|---|" + ("---|" if flex else "")]
     cells = {(r["kind"], r["shape"], r["model"]): r for r in rows}
     for kind, shape in dict.fromkeys((r["kind"], r["shape"]) for r in rows):
         def cell(name):
@@ -180,8 +189,9 @@ def markdown_table(rows: list[dict], args) -> str:
             return f"{ra['seconds'] / rb['seconds']:.2f}× / {ra['peak_bytes'] / max(rb['peak_bytes'], 1):.2f}×" \
                 if ra and rb else "—"
 
-        lines.append(f"| {kind} | {shape} | {cell('deberta_lite')} | {cell('deberta_lite_chunked')} | "
-                     f"{cell('transformers_debertav2')} | {cell('bert_sdpa')} | {ratio('deberta_lite', 'bert_sdpa')} "
+        names = ["deberta_lite", "deberta_lite_chunked"] + (["deberta_lite_flex"] if flex else [])
+        cells_text = " | ".join(cell(name) for name in names + ["transformers_debertav2", "bert_sdpa"])
+        lines.append(f"| {kind} | {shape} | {cells_text} | {ratio('deberta_lite', 'bert_sdpa')} "
                      f"| {ratio('transformers_debertav2', 'deberta_lite')} |")
     return "\n".join(lines)
 

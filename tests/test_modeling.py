@@ -318,6 +318,30 @@ def test_chunked_kernel_with_the_enhanced_mask_decoder():
     assert_close(actual[keep], expected[keep], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_flex_kernel_equals_eager_forward(variant):
+    """flex_attention's score_mod reads the same tables. Forward only: torch has no flex backward on a CPU."""
+    config = tiny_config(**VARIANTS[variant])
+    model = DebertaLiteModel(config).eval()
+    input_ids, attention_mask = padded_batch()
+    token_type_ids = (torch.arange(12) >= 6).long().expand(3, 12) if config.type_vocab_size else None
+    outputs = {}
+    for backend in ("eager", "deberta_flex"):
+        model.set_attn_implementation(backend)
+        with torch.no_grad():
+            outputs[backend] = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                     output_hidden_states=True).hidden_states
+    for eager, flex in zip(outputs["eager"], outputs["deberta_flex"], strict=True):
+        assert_close(flex, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_flex_kernel_refuses_attention_dropout():
+    model = DebertaLiteModel(tiny_config(attention_probs_dropout_prob=0.1)).train()
+    model.set_attn_implementation("deberta_flex")
+    with pytest.raises(ValueError, match="attention_probs_dropout_prob=0"):
+        model(*padded_batch())
+
+
 def test_default_backend_switches_to_the_chunked_kernel_for_long_inputs(monkeypatch):
     from deberta_lite import modeling_deberta_lite
 

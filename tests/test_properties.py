@@ -112,7 +112,7 @@ def model_strategy():
         st.integers(1, 4),  # batch
         st.integers(1, 40),  # real length of the longest row
         st.integers(1, 24),  # padding appended
-        st.sampled_from(["eager", "sdpa", "deberta_chunked"]),
+        st.sampled_from(["eager", "sdpa", "deberta_chunked", "deberta_flex"]),
         st.sampled_from([dict(), dict(position_buckets=0), dict(pos_att_type=["c2p"]), dict(conv_kernel_size=3)]),
         st.integers(0, 2**31 - 1),
     )
