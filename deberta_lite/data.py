@@ -17,7 +17,7 @@ BUILDERS = {
 
 
 def read_table(path: str | Path, split: str, cache_dir: str | None = None) -> datasets.Dataset:
-    """One file as one split. A missing, empty, header-only or unreadable file is an error that names it."""
+    """One file as one split. A missing, empty, header-only, non-UTF-8 or unreadable file is an error that names it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{split} file not found: {path}")
@@ -25,7 +25,14 @@ def read_table(path: str | Path, split: str, cache_dir: str | None = None) -> da
     if suffix not in BUILDERS:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {sorted(BUILDERS)}")
     if suffix != ".parquet":
-        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:  # datasets would only say "An error occurred while generating the dataset"
+            line = data[: error.start].count(b"\n") + 1
+            raise ValueError(f"{path}, line {line}: not valid UTF-8 ({error.reason} at byte {error.start}); "
+                             "re-encode the file as UTF-8") from error
+        lines = [line for line in text.splitlines() if line.strip()]
         if not lines:
             raise ValueError(f"{path} is empty")
         if suffix in (".csv", ".tsv") and len(lines) == 1:

@@ -5,6 +5,7 @@ tests call them directly.
 """
 
 import json
+import logging
 import math
 from itertools import chain
 from pathlib import Path
@@ -19,6 +20,9 @@ from .data import read_table
 from .hub import DebertaLiteTrainer
 from .masking import DataCollatorForDebertaMLM
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
+
+
+logger = logging.getLogger(__name__)
 
 
 def load_raw_datasets(
@@ -55,7 +59,10 @@ def load_raw_datasets(
         )
     raw = datasets.DatasetDict({split: raw[split] for split in ("train", "validation")})
     raw = raw.select_columns([text_column])
-    return raw.filter(lambda row: bool(row[text_column] and row[text_column].strip()), desc="Dropping blank rows")
+    kept = raw.filter(lambda row: bool(row[text_column] and row[text_column].strip()), desc="Dropping blank rows")
+    for split in kept:  # blank lines separate paragraphs in text corpora: skipped, and counted
+        logger.info("%s: skipped %d blank rows of %d", split, len(raw[split]) - len(kept[split]), len(raw[split]))
+    return kept
 
 
 def tokenize_and_group(

@@ -126,3 +126,34 @@ def test_bf16_flag_trains_with_finite_loss(tokenizer_dir, tmp_path):
     metrics = pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "bf16", "--do_train", "--do_eval", "--max_steps", "3",
                                       "--bf16", "--save_strategy", "no", "--max_train_samples", "24"))
     assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_loss"])
+
+
+def test_bad_text_files_get_clear_errors_or_counted_skips(tokenizer_dir, tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    from deberta_lite.pretraining import tokenize_and_group
+
+    broken = tmp_path / "broken.txt"
+    broken.write_bytes(b"a good line\nanother good line\n\xff\xfe not UTF-8\n")
+    with pytest.raises(ValueError, match=r"broken\.txt, line 3: not valid UTF-8"):
+        load_raw_datasets(train_file=str(broken))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.txt is empty"):
+        load_raw_datasets(train_file=str(tmp_path / "empty.txt"))
+    (tmp_path / "blank.txt").write_text("\n  \n\t\n")
+    with pytest.raises(ValueError, match=r"blank\.txt is empty"):
+        load_raw_datasets(train_file=str(tmp_path / "blank.txt"))
+
+    # Blank lines are skipped and counted; one enormous line is cut into blocks like any other text.
+    words = " ".join(f"river{i % 97} city{i % 89}" for i in range(20000))
+    (tmp_path / "train.txt").write_text("\n\nfirst line of text\n\n" + words + "\n\n")
+    (tmp_path / "valid.txt").write_text("a short validation line\n\n" + words[:5000] + "\n")
+    with caplog.at_level("INFO", logger="deberta_lite.pretraining"):
+        raw = load_raw_datasets(train_file=str(tmp_path / "train.txt"), validation_file=str(tmp_path / "valid.txt"))
+    assert "train: skipped 4 blank rows of 6" in caplog.text
+    assert "validation: skipped 1 blank rows of 3" in caplog.text
+    assert len(raw["train"]) == 2 and len(raw["validation"]) == 2
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    blocks = tokenize_and_group(raw, tokenizer, max_seq_length=128, load_from_cache_file=False)
+    assert len(blocks["train"]) > 100
+    assert all(len(ids) == 128 for ids in blocks["train"]["input_ids"][:50])
