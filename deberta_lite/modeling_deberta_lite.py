@@ -93,6 +93,8 @@ def reachable_rows(seq_len: int, config: DebertaLiteConfig) -> tuple[int, int]:
     projected and multiplied; the rest would be computed and never read.
     """
     span = config.relative_span
+    if not isinstance(seq_len, int):  # symbolic (torch.export / ONNX with a dynamic length): keep every row
+        return 0, 2 * span - 1
     reach = torch.tensor([seq_len - 1])
     if config.position_buckets > 0:
         reach = make_log_bucket_position(reach, config.position_buckets, config.max_relative_distance)
@@ -386,7 +388,8 @@ class DebertaLiteAttention(nn.Module):
         bias = self.disentangled_bias(query, key, relative_pos, rel_embeddings)
 
         implementation = self.config._attn_implementation
-        if implementation == "sdpa" and query.shape[2] >= LEAN_ATTENTION_MIN_LENGTH:
+        # A symbolic length (torch.export) keeps sdpa: the chunked kernel loops over a concrete number of blocks.
+        if implementation == "sdpa" and isinstance(query.shape[2], int) and query.shape[2] >= LEAN_ATTENTION_MIN_LENGTH:
             implementation = "deberta_chunked"  # long inputs: never materialise N x N scores
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         if getattr(attention_interface, "takes_disentangled_bias", False):
