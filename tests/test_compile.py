@@ -20,6 +20,8 @@ from deberta_lite import (
 from conftest import padded_batch, tiny_config
 
 
+# deberta_flex is left out: on a CPU, compiling it traces, but afterwards transformers' output capture stays in its
+# "compiling" state, so later uncompiled calls in the same process lose their hidden states (see the README).
 BACKENDS = ["eager", "sdpa", "deberta_chunked"]
 
 

@@ -122,9 +122,10 @@ def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir
             torch.testing.assert_close(optimizer_after[index][name], optimizer_before[index][name], atol=1e-6, rtol=0)
 
 
-def test_bf16_flag_trains_with_finite_loss(tokenizer_dir, tmp_path):
-    metrics = pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "bf16", "--do_train", "--do_eval", "--max_steps", "3",
-                                      "--bf16", "--save_strategy", "no", "--max_train_samples", "24"))
+@pytest.mark.parametrize("precision", ["--bf16", "--fp16"])  # on a CPU, both run under torch's CPU autocast
+def test_mixed_precision_flags_train_with_finite_loss(tokenizer_dir, tmp_path, precision):
+    metrics = pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "run", "--do_train", "--do_eval", "--max_steps", "3",
+                                      precision, "--save_strategy", "no", "--max_train_samples", "24"))
     assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_loss"])
 
 
