@@ -32,12 +32,13 @@ class CheckpointError(OSError):
     """A checkpoint is incomplete, truncated or altered; the message names the checkpoint and the file."""
 
 
-def _sync_and_hash(path: Path) -> str:
+def _sha256(path: Path, sync: bool = False) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
-        os.fsync(handle.fileno())  # on disk before the marker that vouches for it
+        if sync:  # on disk before the marker that vouches for it
+            os.fsync(handle.fileno())
     return digest.hexdigest()
 
 
@@ -53,7 +54,7 @@ def mark_complete(checkpoint_dir: str | Path) -> Path:
     """Record every file of a finished checkpoint in its marker, atomically. Returns the marker's path."""
     checkpoint_dir = Path(checkpoint_dir)
     files = {
-        path.relative_to(checkpoint_dir).as_posix(): {"size": path.stat().st_size, "sha256": _sync_and_hash(path)}
+        path.relative_to(checkpoint_dir).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path, sync=True)}
         for path in sorted(checkpoint_dir.rglob("*"))
         if path.is_file() and path.name != COMPLETE_MARKER and not path.name.endswith(".tmp")
     }
@@ -91,7 +92,7 @@ def verify_checkpoint(checkpoint_dir: str | Path) -> Path:
         if size != record["size"]:
             raise CheckpointError(f"{path} is truncated or altered: {size} bytes, the checkpoint recorded "
                                   f"{record['size']}")
-        if _sync_and_hash(path) != record["sha256"]:
+        if _sha256(path) != record["sha256"]:
             raise CheckpointError(f"{path} is corrupted: its SHA-256 differs from the one recorded when it was saved")
     return checkpoint_dir
 

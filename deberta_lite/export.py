@@ -14,21 +14,30 @@ import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from .configuration_deberta_lite import DebertaLiteConfig
+from .hub import PIPELINE_TAGS
+from .modeling_deberta_lite import DebertaLiteForMaskedLM
 
 
+# Task names are the pipeline tags the model card uses for these architectures (hub.PIPELINE_TAGS).
 TASKS = {
-    "sequence-classification": AutoModelForSequenceClassification,
+    "text-classification": AutoModelForSequenceClassification,
     "fill-mask": AutoModelForMaskedLM,
 }
-ARCHITECTURE_TASKS = {"DebertaLiteForSequenceClassification": "sequence-classification",
-                      "DebertaLiteForMaskedLM": "fill-mask"}
 
 
 def task_of(config: DebertaLiteConfig) -> str:
     for architecture in config.architectures or []:
-        if architecture in ARCHITECTURE_TASKS:
-            return ARCHITECTURE_TASKS[architecture]
+        if PIPELINE_TAGS.get(architecture) in TASKS:
+            return PIPELINE_TAGS[architecture]
     raise ValueError(f"cannot tell the task from architectures={config.architectures}; pass task= one of {list(TASKS)}")
+
+
+def load_for_export(model_name_or_path: str | Path, task: str | None = None):
+    """The checkpoint's model for `task` (default: from its architectures), with the eager kernel, in eval mode."""
+    task = task or task_of(AutoConfig.from_pretrained(model_name_or_path))
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not exportable; use one of {list(TASKS)}")
+    return TASKS[task].from_pretrained(model_name_or_path, attn_implementation="eager").eval()
 
 
 def sample_inputs(config: DebertaLiteConfig, batch: int = 2, length: int = 16) -> dict[str, torch.Tensor]:
@@ -44,15 +53,11 @@ def sample_inputs(config: DebertaLiteConfig, batch: int = 2, length: int = 16) -
 
 def export_onnx(model_name_or_path: str | Path, output_file: str | Path, task: str | None = None) -> Path:
     """Export a checkpoint to `output_file`; inputs input_ids, attention_mask (+ token_type_ids), output logits."""
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    task = task or task_of(config)
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not exportable; use one of {list(TASKS)}")
-    model = TASKS[task].from_pretrained(model_name_or_path, attn_implementation="eager").eval()
+    model = load_for_export(model_name_or_path, task)
     inputs = sample_inputs(model.config)
     batch = torch.export.Dim("batch")
     # The masked LM adds absolute positions (enhanced mask decoder): its length is capped like the PyTorch model's.
-    capped = task == "fill-mask" or model.config.position_biased_input
+    capped = isinstance(model, DebertaLiteForMaskedLM) or model.config.position_biased_input
     sequence = torch.export.Dim("sequence", max=model.config.max_position_embeddings) if capped \
         else torch.export.Dim("sequence")
     output_file = Path(output_file)
@@ -74,8 +79,7 @@ def check_onnx(model_name_or_path: str | Path, onnx_file: str | Path, shapes=((1
     """Largest |onnxruntime - PyTorch| over the logits at each (batch, length), with a padded row in each batch."""
     import onnxruntime
 
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    model = TASKS[task or task_of(config)].from_pretrained(model_name_or_path, attn_implementation="eager").eval()
+    model = load_for_export(model_name_or_path, task)
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch, length in shapes:
