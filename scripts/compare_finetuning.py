@@ -1,9 +1,12 @@
 """Benchmark, not a test: does pretraining help? Fine-tune the same model from the pretrained checkpoint of
 compare_pretraining.py and from random initialisation, with the same data, steps, batch, learning rate and seed,
-on sst2_pl (binary sentiment) and trec (six question types); report dev metrics.
+on binary sentiment and six question types; report dev metrics.
 
     python scripts/compare_pretraining.py          # first: it leaves the pretrained checkpoint
     python scripts/compare_finetuning.py --output_dir outputs/compare_finetuning
+
+Each task is a folder of --data_dir holding train.tsv and validation.tsv: by default the samples bundled in data/;
+point --data_dir and --tasks at larger splits of the same data sets for the experiment the README reports.
 """
 
 import argparse
@@ -17,13 +20,15 @@ from deberta_lite.finetuning import build_trainer, head_settings, load_classifie
 
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "data"
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(ROOT / "outputs" / "compare_pretraining" / "deberta-lite_emd"))
-    parser.add_argument("--tasks", nargs="+", default=["sst2_pl", "trec"])
+    parser.add_argument("--data_dir", default=str(DATA), help="a folder with one subfolder per task")
+    parser.add_argument("--tasks", nargs="+", default=["sentiment_sample", "trec_sample"],
+                        help="subfolders of --data_dir, each with train.tsv and validation.tsv")
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
@@ -35,7 +40,8 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     results = {}
     for task in args.tasks:
-        data, spec = load_local_task(str(DATA / task / "train.tsv"), str(DATA / task / "validation.tsv"))
+        task_dir = Path(args.data_dir) / task
+        data, spec = load_local_task(str(task_dir / "train.tsv"), str(task_dir / "validation.tsv"))
         tokenized = tokenize_task(data, spec, tokenizer, args.max_seq_length)
         for start in ("pretrained", "random init"):
             set_seed(args.seed)

@@ -7,6 +7,8 @@ Pretrains, with one tokenizer, the same data, steps, batch, learning rate, maski
 then reports validation loss, perplexity and masked-token accuracy on the same fixed validation masks.
 
     python scripts/compare_pretraining.py --output_dir outputs/compare_pretraining
+
+By default it trains on the bundled data/wiki_sample; --train_file and --validation_file point at a larger corpus.
 """
 
 import argparse
@@ -22,7 +24,7 @@ from deberta_lite.tokenization import read_text_files, train_unigram_tokenizer
 
 
 ROOT = Path(__file__).resolve().parents[1]
-WIKI = ROOT.parent / "shared" / "data" / "wiki"
+WIKI = ROOT / "data" / "wiki_sample"
 
 
 def bert_like(deberta_config, tokenizer) -> BertForMaskedLM:

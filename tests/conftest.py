@@ -16,8 +16,8 @@ from deberta_lite import DebertaLiteConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
-# The real data sets live beside the checkout (../shared/data); DEBERTA_LITE_DATA points elsewhere.
-SHARED_DATA = Path(os.environ.get("DEBERTA_LITE_DATA", ROOT.parent / "shared" / "data"))
+# Small slices of real data sets, bundled with their source and license (data/*/README.md).
+DATA = ROOT / "data"
 
 TINY = dict(
     vocab_size=100,

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, DebertaV2Config, De
 from deberta_lite import DebertaLiteForMaskedLM
 from deberta_lite.finetuning import GLUE_TASKS, load_local_task, task_metrics
 
-from conftest import SHARED_DATA, TINY, load_script, tiny_config
+from conftest import DATA, TINY, load_script, tiny_config
 
 
 finetune_glue = load_script("finetune_glue")
@@ -110,12 +110,12 @@ def _predictions(path):
 
 
 def _files(name):
-    return ["--train_file", str(SHARED_DATA / name / "train.tsv"), "--validation_file",
-            str(SHARED_DATA / name / "validation.tsv"), "--test_file", str(SHARED_DATA / name / "validation.tsv")]
+    return ["--train_file", str(DATA / name / "train.tsv"), "--validation_file",
+            str(DATA / name / "validation.tsv"), "--test_file", str(DATA / name / "validation.tsv")]
 
 
 def test_binary_sentiment_as_glue_sst2(checkpoint, tmp_path):
-    metrics = _run(checkpoint, tmp_path, "--task_name", "sst2", *_files("sst2_pl"), "--max_predict_samples", "50")
+    metrics = _run(checkpoint, tmp_path, "--task_name", "sst2", *_files("sentiment_sample"), "--max_predict_samples", "50")
     assert 0 <= metrics["eval_accuracy"] <= 1 and "eval_f1" not in metrics
     rows = _predictions(tmp_path / "SST-2.tsv")
     assert rows[0] == ["index", "prediction"] and len(rows) == 51
@@ -129,7 +129,7 @@ def test_binary_sentiment_as_glue_sst2(checkpoint, tmp_path):
 
 
 def test_six_string_labels_keep_their_names(checkpoint, tmp_path):
-    metrics = _run(checkpoint, tmp_path, *_files("trec"), "--max_predict_samples", "40")
+    metrics = _run(checkpoint, tmp_path, *_files("trec_sample"), "--max_predict_samples", "40")
     assert set(metrics) >= {"eval_accuracy", "eval_f1", "eval_combined_score"}
     assert all(0 <= metrics[k] <= 1 for k in ("eval_accuracy", "eval_f1", "eval_combined_score"))
     names = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
@@ -143,7 +143,7 @@ def test_six_string_labels_keep_their_names(checkpoint, tmp_path):
 
 
 def test_regression_as_glue_stsb(checkpoint, tmp_path):
-    metrics = _run(checkpoint, tmp_path, "--task_name", "stsb", *_files("amazon_reg"), "--text_columns", "sentence",
+    metrics = _run(checkpoint, tmp_path, "--task_name", "stsb", *_files("amazon_reg_sample"), "--text_columns", "sentence",
                    "--max_predict_samples", "30")
     assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(metrics)
     assert all(-1 <= metrics[k] <= 1 for k in ("eval_pearson", "eval_spearmanr"))
@@ -173,7 +173,7 @@ def test_debertav2_checkpoint_is_converted_on_the_fly(checkpoint, tmp_path):
                                               position_biased_input=False, legacy=False))
     v2.save_pretrained(tmp_path / "v2")
     tokenizer.save_pretrained(tmp_path / "v2")
-    metrics = _run(tmp_path / "v2", tmp_path / "run", *_files("sst2_pl"), "--max_predict_samples", "10")
+    metrics = _run(tmp_path / "v2", tmp_path / "run", *_files("sentiment_sample"), "--max_predict_samples", "10")
     assert "eval_accuracy" in metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "deberta-lite"
 
@@ -190,9 +190,9 @@ def test_command_line_overrides_the_recipe():
 
 
 def test_classify_script_on_a_fine_tuned_checkpoint(checkpoint, tmp_path, capsys):
-    _run(checkpoint, tmp_path, *_files("sst2_pl"), "--max_predict_samples", "5")
+    _run(checkpoint, tmp_path, *_files("sentiment_sample"), "--max_predict_samples", "5")
     results = load_script("classify").main([str(tmp_path), "a warm and funny film", "a boring mess"])
-    assert len(results) == 2 and all(r["label"] in {"0", "1"} and 0 <= r["score"] <= 1 for r in results)
+    assert len(results) == 2 and all(r["label"] in {"negative", "positive"} and 0 <= r["score"] <= 1 for r in results)
     assert "DebertaLiteForSequenceClassification" in capsys.readouterr().out
 
 
@@ -200,7 +200,7 @@ def _fake_glue(task_name, load_dataset):
     """An MNLI- or AX-shaped DatasetDict, as nyu-mll/glue has it, built from real sentence pairs."""
     import datasets
 
-    table = load_dataset("csv", data_files=str(SHARED_DATA / "plagiarism_pairs" / "train.tsv"),
+    table = load_dataset("csv", data_files=str(DATA / "plagiarism_pairs" / "train.tsv"),
                                   delimiter="\t")["train"]
     pairs = {"premise": table["sentence1"], "hypothesis": table["sentence2"],
              "label": [label % 3 for label in table["label"]], "idx": list(range(len(table)))}
@@ -246,5 +246,5 @@ def test_mnli_reports_matched_and_mismatched_and_ax_predicts_with_it(checkpoint,
 def test_do_train_without_training_data_is_a_clear_error(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="--do_train needs training data"):
         finetune_glue.main(["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path), "--do_train",
-                            "--validation_file", str(SHARED_DATA / "sst2_pl" / "validation.tsv"), "--use_cpu",
+                            "--validation_file", str(DATA / "sentiment_sample" / "validation.tsv"), "--use_cpu",
                             "--report_to", "none"])

@@ -17,7 +17,7 @@ import yaml
 from deberta_lite import DebertaLiteForSequenceClassification
 from deberta_lite.configuration_deberta_lite import AUTO_MAP
 
-from conftest import ROOT, SHARED_DATA, load_script, tiny_config
+from conftest import DATA, ROOT, load_script, tiny_config
 from hub_server import start_hub_server
 
 
@@ -86,7 +86,7 @@ PUSH = """
     # 3. Trainer(push_to_hub=True, hub_strategy="every_save"), through the fine-tuning script
     mlm.save_pretrained(work / "mlm")
     tokenizer.save_pretrained(work / "mlm")
-    data = root.parent / "shared" / "data" / "sst2_pl"
+    data = root / "data" / "sentiment_sample"
     script("finetune_glue").main([
         "--model_name_or_path", str(work / "mlm"), "--output_dir", str(work / "trainer"), "--use_cpu",
         "--report_to", "none", "--do_train", "--do_eval", "--max_steps", "2", "--eval_steps", "1", "--save_steps",
@@ -177,7 +177,7 @@ def test_missing_token_is_reported_before_training(tmp_path, monkeypatch):
     with pytest.raises(deberta_lite.hub.HubPushError, match="needs a Hugging Face token"):
         load_script("finetune_glue").main([
             "--output_dir", str(output_dir), "--do_train", "--push_to_hub", "--hub_model_id", "user/x",
-            "--train_file", str(SHARED_DATA / "sst2_pl" / "train.tsv"), "--use_cpu", "--report_to", "none"])
+            "--train_file", str(DATA / "sentiment_sample" / "train.tsv"), "--use_cpu", "--report_to", "none"])
     assert not output_dir.exists()  # nothing started
     DebertaLiteForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "checkpoint")
     with pytest.raises(SystemExit, match="needs a Hugging Face token"):
@@ -222,7 +222,7 @@ def test_training_run_whose_push_fails_keeps_the_trained_model(hub, tokenizer_di
     DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=128)).save_pretrained(
         tmp_path / "mlm")
     tokenizer.save_pretrained(tmp_path / "mlm")
-    data = SHARED_DATA / "sst2_pl"
+    data = DATA / "sentiment_sample"
     output_dir = tmp_path / "run"
     state.fail_commits = True  # the repository can be created; every commit answers 500
     try:

@@ -13,7 +13,7 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_po
 from deberta_lite import DebertaLiteForMaskedLM
 from deberta_lite.convert import convert_checkpoint
 
-from conftest import SHARED_DATA, padded_batch, tiny_config
+from conftest import DATA, padded_batch, tiny_config
 from test_parity import CASES, V2_TINY
 
 
@@ -186,7 +186,7 @@ def test_original_style_checkpoint_becomes_masked_lm_with_its_position_table(tmp
 
 
 def test_fill_mask_pipeline_on_a_saved_checkpoint(tmp_path):
-    shutil.copy(SHARED_DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
+    shutil.copy(DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
     tokenizer = DebertaV2Tokenizer.from_pretrained(tmp_path)
     model = DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id))
     model.save_pretrained(tmp_path / "checkpoint")
@@ -201,7 +201,7 @@ def test_fill_mask_pipeline_on_a_saved_checkpoint(tmp_path):
 def test_fill_mask_script(tmp_path, capsys):
     from conftest import load_script
 
-    shutil.copy(SHARED_DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
+    shutil.copy(DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
     tokenizer = DebertaV2Tokenizer.from_pretrained(tmp_path)
     DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")

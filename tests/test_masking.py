@@ -9,18 +9,18 @@ import torch
 from deberta_lite.masking import DataCollatorForDebertaMLM, choose_spans, word_units
 from deberta_lite.tokenization import read_text_files, train_unigram_tokenizer
 
-from conftest import SHARED_DATA
+from conftest import DATA
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    lines = list(itertools.islice(read_text_files([SHARED_DATA / "wiki" / "train.txt"]), 3000))
+    lines = list(itertools.islice(read_text_files([DATA / "wiki_sample" / "train.txt"]), 3000))
     return train_unigram_tokenizer(lines, vocab_size=2000)
 
 
 @pytest.fixture(scope="module")
 def examples(tokenizer):
-    lines = [line for line in read_text_files([SHARED_DATA / "wiki" / "validation.txt"]) if len(line.split()) > 12]
+    lines = [line for line in read_text_files([DATA / "wiki_sample" / "validation.txt"]) if len(line.split()) > 12]
     return [tokenizer(line, truncation=True, max_length=96) for line in lines[:300]]
 
 

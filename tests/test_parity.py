@@ -19,7 +19,7 @@ from transformers import (
 from deberta_lite import DebertaLiteForSequenceClassification, DebertaLiteModel
 from deberta_lite.convert import ConversionError, convert_checkpoint
 
-from conftest import SHARED_DATA, TINY, load_script, padded_batch, tiny_config
+from conftest import DATA, TINY, load_script, padded_batch, tiny_config
 
 
 # The shared tiny model, in DebertaV2's terms (the relative-position fields vary per case below).
@@ -123,7 +123,7 @@ def test_absolute_position_table_is_kept_from_the_source(tmp_path):
 def test_tokenizer_files_are_copied(tmp_path):
     reference = DebertaV2Model(DebertaV2Config(**V2_TINY, **CASES["v3"]))
     reference.save_pretrained(tmp_path / "v2")
-    shutil.copy(SHARED_DATA / "spm" / "unigram_1000.model", tmp_path / "v2" / "spm.model")
+    shutil.copy(DATA / "spm" / "unigram_1000.model", tmp_path / "v2" / "spm.model")
     (tmp_path / "v2" / "tokenizer_config.json").write_text('{"do_lower_case": false}')
     convert_checkpoint(tmp_path / "v2", tmp_path / "lite")
     for name in ("spm.model", "tokenizer_config.json"):

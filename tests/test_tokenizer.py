@@ -5,7 +5,7 @@ from transformers import AutoTokenizer, DebertaV2Tokenizer
 
 from deberta_lite.tokenization import SPECIAL_TOKENS, read_text_files, tokenizer_from_spm, train_unigram_tokenizer
 
-from conftest import ROOT, SHARED_DATA, load_script
+from conftest import DATA, load_script
 
 
 train_tokenizer = load_script("train_tokenizer")
@@ -13,7 +13,7 @@ train_tokenizer = load_script("train_tokenizer")
 
 @pytest.fixture(scope="module")
 def wiki_lines():
-    return list(itertools.islice(read_text_files([SHARED_DATA / "wiki" / "train.txt"]), 2000))
+    return list(itertools.islice(read_text_files([DATA / "wiki_sample" / "train.txt"]), 2000))
 
 
 def test_trained_tokenizer_round_trips_through_auto_tokenizer(wiki_lines, tmp_path):
@@ -55,7 +55,7 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
 def test_wrapping_an_existing_spm_model(tmp_path):
     import sentencepiece
 
-    spm_path = SHARED_DATA / "spm" / "unigram_1000.model"
+    spm_path = DATA / "spm" / "unigram_1000.model"
     processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_path))
     train_tokenizer.main(["--spm_model", str(spm_path), "--output_dir", str(tmp_path)])
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
@@ -68,6 +68,6 @@ def test_wrapping_an_existing_spm_model(tmp_path):
 
 def test_script_trains_from_text_files(tmp_path):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text((SHARED_DATA / "wiki" / "validation.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    corpus.write_text((DATA / "wiki_sample" / "validation.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
     tokenizer = train_tokenizer.main(["--train_files", str(corpus), "--vocab_size", "800", "--output_dir", str(tmp_path / "t")])
     assert len(AutoTokenizer.from_pretrained(tmp_path / "t")) == len(tokenizer) == 800
