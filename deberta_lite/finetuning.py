@@ -23,6 +23,7 @@ from transformers import (
 from .convert import convert_deberta_v2_to_lite
 from .data import read_table
 from .hub import DebertaLiteTrainer
+from .tokenization import fit_tokenizer_to_model
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,11 @@ def load_classifier(
 
 
 def build_trainer(model, tokenizer, spec: TaskSpec, training_args, train_set, eval_set, callbacks=()):
-    """A Trainer for sentence(-pair) classification or regression: dynamic padding and the task's metrics."""
+    """A Trainer for sentence(-pair) classification or regression: dynamic padding and the task's metrics.
+
+    The tokenizer, saved with the model, is first capped at the model's max_position_embeddings.
+    """
+    fit_tokenizer_to_model(tokenizer, model.config)
     return DebertaLiteTrainer(
         model=model,
         args=training_args,

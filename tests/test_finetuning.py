@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from transformers import AutoModelForSequenceClassification, DebertaV2Config, DebertaV2ForMaskedLM, pipeline
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, DebertaV2ForMaskedLM,
+                          pipeline)
 
 from deberta_lite import DebertaLiteForMaskedLM
 from deberta_lite.finetuning import GLUE_TASKS, load_local_task, task_metrics
@@ -85,8 +86,6 @@ def test_data_errors_name_the_file_and_column(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer_dir):
     """A tiny DeBERTa-lite MLM checkpoint with the wiki tokenizer, as pretrain_mlm.py would leave it."""
-    from transformers import AutoTokenizer
-
     directory = tmp_path_factory.mktemp("checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=128)).save_pretrained(
@@ -126,6 +125,9 @@ def test_binary_sentiment_as_glue_sst2(checkpoint, tmp_path):
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["eval_accuracy"] == pytest.approx(state["best_metric"])
     assert (tmp_path / "README.md").exists()
+    # The tokenizer saved with the model truncates to its 128 positions (it came with the default 512).
+    assert AutoTokenizer.from_pretrained(checkpoint).model_max_length == 512
+    assert AutoTokenizer.from_pretrained(tmp_path).model_max_length == 128
 
 
 def test_six_string_labels_keep_their_names(checkpoint, tmp_path):
@@ -163,8 +165,6 @@ def test_sentence_pairs(checkpoint, tmp_path):
 
 
 def test_debertav2_checkpoint_is_converted_on_the_fly(checkpoint, tmp_path):
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     values = {k: v for k, v in TINY.items() if k not in ("position_buckets", "max_relative_positions")}
     v2 = DebertaV2ForMaskedLM(DebertaV2Config(**{**values, "vocab_size": len(tokenizer)}, relative_attention=True,

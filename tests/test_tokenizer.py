@@ -5,7 +5,7 @@ from transformers import AutoTokenizer, DebertaV2Tokenizer
 
 from deberta_lite.tokenization import SPECIAL_TOKENS, read_text_files, tokenizer_from_spm, train_unigram_tokenizer
 
-from conftest import DATA, load_script
+from conftest import DATA, load_script, tiny_config
 
 
 train_tokenizer = load_script("train_tokenizer")
@@ -71,3 +71,43 @@ def test_script_trains_from_text_files(tmp_path):
     corpus.write_text((DATA / "wiki_sample" / "validation.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
     tokenizer = train_tokenizer.main(["--train_files", str(corpus), "--vocab_size", "800", "--output_dir", str(tmp_path / "t")])
     assert len(AutoTokenizer.from_pretrained(tmp_path / "t")) == len(tokenizer) == 800
+
+
+# Real text longer than the models below take: about 300 pieces of the SentencePiece model.
+LONG_TEXT = (DATA / "wiki_sample" / "validation.txt").read_text(encoding="utf-8")[:600]
+
+
+def test_saved_tokenizers_truncate_to_the_model_length(tmp_path):
+    train_tokenizer.main(["--spm_model", str(DATA / "spm" / "unigram_1000.model"), "--output_dir", str(tmp_path / "a")])
+    wrapped = AutoTokenizer.from_pretrained(tmp_path / "a")
+    assert wrapped.model_max_length == 512  # the max_position_embeddings of configs/base.json
+    assert len(wrapped(LONG_TEXT * 2).input_ids) > 512
+    assert len(wrapped(LONG_TEXT * 2, truncation=True).input_ids) == 512
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(LONG_TEXT * 20, encoding="utf-8")
+    train_tokenizer.main(["--train_files", str(corpus), "--vocab_size", "300", "--model_max_length", "64",
+                          "--output_dir", str(tmp_path / "b")])
+    trained = AutoTokenizer.from_pretrained(tmp_path / "b")
+    encoded = trained(LONG_TEXT, truncation=True)
+    assert trained.model_max_length == 64 and len(encoded.input_ids) == 64 and encoded.input_ids[-1] == 2  # [SEP]
+    with pytest.raises(SystemExit, match="model_max_length"):
+        train_tokenizer.main(["--spm_model", str(DATA / "spm" / "unigram_1000.model"), "--model_max_length", "0",
+                              "--output_dir", str(tmp_path / "c")])
+
+
+def test_fill_mask_pipeline_truncates_a_long_text(tmp_path):
+    from transformers import pipeline
+
+    from deberta_lite import DebertaLiteForMaskedLM
+
+    train_tokenizer.main(["--spm_model", str(DATA / "spm" / "unigram_1000.model"), "--model_max_length", "64",
+                          "--output_dir", str(tmp_path)])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    # The enhanced mask decoder caps masked LM at max_position_embeddings tokens.
+    DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=64)).save_pretrained(tmp_path)
+    text = f"The river {tokenizer.mask_token} north. {LONG_TEXT}"
+    assert len(tokenizer(text).input_ids) > 250
+    fill = pipeline("fill-mask", model=str(tmp_path), top_k=3)
+    predictions = fill(text, tokenizer_kwargs={"truncation": True})
+    assert len(predictions) == 3 and all(p["token"] < len(tokenizer) for p in predictions)
