@@ -114,6 +114,16 @@ class DebertaLiteConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._check_values()
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """transformers' `get_config_dict`, with a DebertaV2 config translated on the way in: every DeBERTa-lite class
+        then loads DebertaV2 checkpoints (microsoft/deberta-v3-base and the like), whose weights the modeling file
+        renames as they load."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == DEBERTA_V2_MODEL_TYPE:
+            config_dict = config_dict_from_deberta_v2(config_dict)
+        return config_dict, kwargs
+
     @property
     def relative_span(self) -> int:
         """k: the relative table has 2k rows and relative indices are clamped to [0, 2k)."""
@@ -172,6 +182,51 @@ class DebertaLiteConfig(PreTrainedConfig):
             )
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id must be in [0, vocab_size={self.vocab_size}) or None, got {self.pad_token_id}")
+
+
+DEBERTA_V2_MODEL_TYPE = "deberta-v2"
+# Fields DebertaV2 reads with getattr(config, name, default) and does not declare: absent means these values.
+DEBERTA_V2_IMPLICIT_DEFAULTS = {
+    "position_buckets": -1,
+    "share_att_key": False,
+    "norm_rel_ebd": "none",
+    "conv_kernel_size": 0,
+    "conv_groups": 1,
+    "conv_act": "tanh",
+}
+# Bookkeeping that each side writes for itself.
+NOT_CARRIED = ("model_type", "architectures", "transformers_version", "auto_map", "legacy", "_name_or_path")
+
+
+def lite_architecture(deberta_v2_architecture: str) -> str:
+    """DebertaV2ForX -> DebertaLiteForX, for the classes both packages have (the heads of AUTO_MAP)."""
+    name = deberta_v2_architecture.replace("DebertaV2", "DebertaLite", 1)
+    if f"modeling_deberta_lite.{name}" not in AUTO_MAP.values():
+        supported = sorted(path.split(".")[1].replace("DebertaLite", "DebertaV2") for path in AUTO_MAP.values()
+                           if path.startswith("modeling_"))
+        raise ValueError(f"architecture {deberta_v2_architecture!r} has no DeBERTa-lite class; supported: {supported}")
+    return name
+
+
+def config_dict_from_deberta_v2(deberta_v2_config: dict) -> dict:
+    """A DebertaV2 config.json (model_type "deberta-v2") as DebertaLiteConfig values describing the same model."""
+    from transformers import DebertaV2Config
+
+    values = {**DEBERTA_V2_IMPLICIT_DEFAULTS, **DebertaV2Config.from_dict(dict(deberta_v2_config)).to_dict()}
+    if not values.get("relative_attention"):
+        raise ValueError(
+            "this DebertaV2 checkpoint has relative_attention=False, so it has no disentangled attention and "
+            "DeBERTa-lite cannot load it; use transformers' DebertaV2 classes"
+        )
+    head_size = values.pop("attention_head_size", None)
+    if head_size is not None and head_size * values["num_attention_heads"] != values["hidden_size"]:
+        raise ValueError(
+            f"attention_head_size={head_size} with num_attention_heads={values['num_attention_heads']} does not "
+            f"match hidden_size={values['hidden_size']}; DeBERTa-lite needs heads x head size == hidden size"
+        )
+    architectures = [lite_architecture(name) for name in values.get("architectures") or []]
+    values = {key: value for key, value in values.items() if key not in NOT_CARRIED}
+    return {**values, "architectures": architectures or None}
 
 
 __all__ = ["DebertaLiteConfig"]

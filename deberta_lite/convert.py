@@ -1,77 +1,39 @@
 """Conversion between transformers' DebertaV2 checkpoints (`model_type "deberta-v2"`) and DeBERTa-lite.
 
-Works on checkpoint directories: config, weights (safetensors; pickle `.bin` only with `allow_pickle=True`, loaded
-with `weights_only`), and tokenizer files, which are copied. Weight names go through one explicit rename table;
-the result is checked against the target architecture built on the meta device, and any missing or unexpected key
-outside the short, explicit lists below is an error, as is any shape mismatch.
+Loading needs no conversion: every DeBERTa-lite class reads a DebertaV2 checkpoint in `from_pretrained` (the config
+is translated by the configuration file, the weight names by the renames the modeling file registers with
+transformers). This module writes converted checkpoint directories, in both directions, with the same two tables:
 
-The absolute position table is kept in both directions: DeBERTa-lite always has one (the enhanced mask decoder
-needs it), original DeBERTa checkpoints carry one even when `position_biased_input=False`, and DebertaV2 ignores it
-on load (`_keys_to_ignore_on_load_unexpected`). So lite -> DebertaV2 -> lite is lossless.
+- DebertaV2 -> DeBERTa-lite: `from_pretrained`, then `save_pretrained`, after checking that nothing was missing,
+  left over or re-initialised.
+- DeBERTa-lite -> DebertaV2: each weight of transformers' DebertaV2 architecture is looked up under its DeBERTa-lite
+  name (the renames applied forward), and the masked-LM head is written under the original DeBERTa names
+  (`lm_predictions.lm_head.*`, DebertaV2ForMaskedLM with legacy=False).
+
+The absolute position table stays with the models that own it: the masked LM's enhanced mask decoder reads it even
+when the input does not (`position_biased_input=False`), and DebertaV2 ignores it on load there. So lite ->
+DebertaV2 -> lite is lossless. Tokenizer files are copied.
 """
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import DebertaV2Config
+from transformers.core_model_loading import WeightRenaming
 from transformers.models.deberta_v2 import modeling_deberta_v2
 
 from . import modeling_deberta_lite
-from .configuration_deberta_lite import DebertaLiteConfig
+from .configuration_deberta_lite import NOT_CARRIED, DebertaLiteConfig, config_dict_from_deberta_v2
+from .modeling_deberta_lite import DEBERTA_V2_KEY_RENAMES
 
 
 LITE_TO_V2 = "deberta-lite->deberta-v2"
 V2_TO_LITE = "deberta-v2->deberta-lite"
 
-# (DeBERTa-lite prefix, DebertaV2 prefix), relative to the backbone; first match wins. "{i}" is a layer index.
-RENAMES = [
-    ("embeddings.norm.", "embeddings.LayerNorm."),
-    ("layers.{i}.attention.out_proj.", "encoder.layer.{i}.attention.output.dense."),
-    ("layers.{i}.attention_norm.", "encoder.layer.{i}.attention.output.LayerNorm."),
-    ("layers.{i}.attention.", "encoder.layer.{i}.attention.self."),
-    ("layers.{i}.intermediate.", "encoder.layer.{i}.intermediate.dense."),
-    ("layers.{i}.output_norm.", "encoder.layer.{i}.output.LayerNorm."),
-    ("layers.{i}.output.", "encoder.layer.{i}.output.dense."),
-    ("layers.0.conv.conv.", "encoder.conv.conv."),
-    ("layers.0.conv.norm.", "encoder.conv.LayerNorm."),
-    ("rel_embeddings.", "encoder.rel_embeddings."),
-    ("rel_norm.", "encoder.LayerNorm."),
-    # The MLM head under the original DeBERTa names (DebertaV2ForMaskedLM with legacy=False).
-    ("lm_head.dense.", "lm_predictions.lm_head.dense."),
-    ("lm_head.norm.", "lm_predictions.lm_head.LayerNorm."),
-    ("lm_head.decoder.bias", "lm_predictions.lm_head.bias"),
-]
-
-# Head classes, one to one; head weights (pooler, classifier, qa_outputs) keep their names.
-ARCHITECTURES = {
-    "DebertaV2Model": "DebertaLiteModel",
-    "DebertaV2ForMaskedLM": "DebertaLiteForMaskedLM",
-    "DebertaV2ForSequenceClassification": "DebertaLiteForSequenceClassification",
-    "DebertaV2ForTokenClassification": "DebertaLiteForTokenClassification",
-    "DebertaV2ForQuestionAnswering": "DebertaLiteForQuestionAnswering",
-    "DebertaV2ForMultipleChoice": "DebertaLiteForMultipleChoice",
-}
-
 POSITION_TABLE = "embeddings.position_embeddings.weight"
-# The replaced-token-detection head of original DeBERTa-v3 checkpoints: no DeBERTa-lite or DebertaV2 class has it,
-# and transformers drops it on load too.
-RTD_HEAD_PREFIX = "mask_predictions."
-
-# Fields DebertaV2 reads with getattr(config, name, default) and does not declare: absent means these values.
-V2_IMPLICIT_DEFAULTS = {
-    "position_buckets": -1,
-    "share_att_key": False,
-    "norm_rel_ebd": "none",
-    "conv_kernel_size": 0,
-    "conv_groups": 1,
-    "conv_act": "tanh",
-}
-# Bookkeeping that each side writes for itself.
-NOT_CARRIED = ("model_type", "architectures", "transformers_version", "auto_map", "legacy", "_name_or_path")
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -90,60 +52,20 @@ class ConversionError(ValueError):
     """A checkpoint that cannot be converted exactly."""
 
 
-def _compile_rules(direction: str) -> list[tuple[re.Pattern, str]]:
-    rules = []
-    for lite, v2 in RENAMES:
-        source, target = (lite, v2) if direction == LITE_TO_V2 else (v2, lite)
-        pattern = re.compile("^" + re.escape(source).replace(r"\{i\}", r"(?P<i>\d+)"))
-        rules.append((pattern, target))
-    return rules
-
-
-def rename_state_dict(state_dict: dict[str, torch.Tensor], direction: str) -> dict[str, torch.Tensor]:
-    """Rename backbone weights (with or without the `deberta.` prefix); other keys are kept as they are."""
-    rules = _compile_rules(direction)
-    renamed = {}
-    for key, tensor in state_dict.items():
-        prefix = "deberta." if key.startswith("deberta.") else ""
-        name = key[len(prefix) :]
-        for pattern, target in rules:
-            match = pattern.match(name)
-            if match:
-                name = target.replace("{i}", match.groupdict().get("i") or "") + name[match.end() :]
-                break
-        renamed[prefix + name] = tensor
-    return renamed
-
-
 def deberta_v2_config_to_lite(v2_config: dict) -> DebertaLiteConfig:
     """Map a DebertaV2 config dict (as in config.json) to a DebertaLiteConfig with the same model."""
-    values = {**V2_IMPLICIT_DEFAULTS, **DebertaV2Config.from_dict(dict(v2_config)).to_dict()}
-    head_size = values.pop("attention_head_size", None)
-    if head_size is not None and head_size * values["num_attention_heads"] != values["hidden_size"]:
-        raise ConversionError(
-            f"attention_head_size={head_size} with num_attention_heads={values['num_attention_heads']} does not "
-            f"match hidden_size={values['hidden_size']}; DeBERTa-lite needs heads x head size == hidden size"
-        )
-    if not values.get("relative_attention"):
-        raise ConversionError("relative_attention=False: this is not a DeBERTa with disentangled attention")
-    architectures = [_map_architecture(name, ARCHITECTURES) for name in values.get("architectures") or []]
-    values = {key: value for key, value in values.items() if key not in NOT_CARRIED}
-    return DebertaLiteConfig(**values, architectures=architectures or None)
+    try:
+        return DebertaLiteConfig.from_dict(config_dict_from_deberta_v2(v2_config))
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
 
 
 def lite_config_to_deberta_v2(config: DebertaLiteConfig) -> DebertaV2Config:
     """Map a DebertaLiteConfig to a DebertaV2Config; lite-only fields ride along as extras DebertaV2 ignores."""
-    reverse = {lite: v2 for v2, lite in ARCHITECTURES.items()}
-    architectures = [_map_architecture(name, reverse) for name in config.architectures or []]
+    architectures = [name.replace("DebertaLite", "DebertaV2", 1) for name in config.architectures or []]
     values = {key: value for key, value in config.to_dict().items() if key not in NOT_CARRIED}
     # legacy=False: DebertaV2's MLM head with the original DeBERTa weight names and tied output embeddings.
     return DebertaV2Config(**values, architectures=architectures or None, legacy=False)
-
-
-def _map_architecture(name: str, mapping: dict[str, str]) -> str:
-    if name not in mapping:
-        raise ConversionError(f"architecture {name!r} cannot be converted; supported: {sorted(mapping)}")
-    return mapping[name]
 
 
 def load_state_dict(checkpoint_dir: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -168,57 +90,32 @@ def load_state_dict(checkpoint_dir: Path, allow_pickle: bool = False) -> dict[st
 
 def _architecture_class(config, module, base_class: str):
     """The class named first in `architectures`, else the bare encoder."""
-    return getattr(module, (config.architectures or [base_class])[0])
-
-
-def check_against_architecture(
-    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, allowed_missing: set, allowed_unexpected: set
-):
-    """Strict key and shape check against `model` (built on the meta device): nothing outside the allowed lists."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict) - allowed_missing)
-    unexpected = sorted(set(state_dict) - set(expected) - allowed_unexpected)
-    mismatched = [
-        f"{key}: {tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(state_dict))
-        if state_dict[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ConversionError(
-            f"weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}, "
-            f"shape mismatches {mismatched}"
-        )
-
-
-def _position_table_key(model: torch.nn.Module) -> str:
-    return ("deberta." if model.base_model_prefix in dict(model.named_children()) else "") + POSITION_TABLE
+    name = (config.architectures or [base_class])[0]
+    if not hasattr(module, name):
+        raise ConversionError(f"architecture {name!r} cannot be converted")
+    return getattr(module, name)
 
 
 def convert_deberta_v2_to_lite(input_dir, output_dir, allow_pickle: bool = False) -> None:
     """Convert a transformers DebertaV2 checkpoint directory into a DeBERTa-lite one (with remote code)."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    v2_config = json.loads((input_dir / "config.json").read_text())
-    config = deberta_v2_config_to_lite(v2_config)
-    source = load_state_dict(input_dir, allow_pickle)
-    if any(key.startswith("cls.predictions.") for key in source):
-        raise ConversionError(
-            "this checkpoint has transformers' legacy MLM head (cls.predictions.*); only the original DeBERTa head "
-            "names (lm_predictions.lm_head.*, DebertaV2ForMaskedLM with legacy=False) are converted"
-        )
-    if not config.architectures and any(key.startswith("lm_predictions.") for key in source):
+    config = deberta_v2_config_to_lite(json.loads((input_dir / "config.json").read_text()))
+    source_keys = load_state_dict(input_dir, allow_pickle).keys()  # refuses a pickle without the opt-in
+    if not config.architectures and any(key.startswith(("lm_predictions.", "cls.predictions.")) for key in source_keys):
         config.architectures = ["DebertaLiteForMaskedLM"]  # original checkpoints name no architecture
-    state_dict = rename_state_dict(
-        {key: value for key, value in source.items() if not key.startswith(RTD_HEAD_PREFIX)}, V2_TO_LITE
-    )
     model_class = _architecture_class(config, modeling_deberta_lite, "DebertaLiteModel")
-    with torch.device("meta"):
-        reference = model_class(config)
-    # A DebertaV2 checkpoint without input positions may lack the absolute table: it is then freshly initialised.
-    # Tied output embeddings are not stored.
-    allowed_missing = {_position_table_key(reference), *(reference._tied_weights_keys or {})}
-    check_against_architecture(state_dict, reference, allowed_missing=allowed_missing, allowed_unexpected=set())
-    model = model_class(config)
-    model.load_state_dict(state_dict, strict=False)
+    pickle_only = not any(input_dir.glob("*.safetensors"))
+    model, info = model_class.from_pretrained(
+        input_dir, config=config, use_safetensors=not pickle_only, output_loading_info=True
+    )
+    # A checkpoint saved by transformers without input positions lacks the table the EMD reads: it is then freshly
+    # initialised, as DebertaV2 itself would.
+    missing = [key for key in info["missing_keys"] if not key.endswith(POSITION_TABLE)]
+    if missing or info["unexpected_keys"] or info["mismatched_keys"]:
+        raise ConversionError(
+            f"weights do not fit {model_class.__name__}: missing {sorted(missing)}, unexpected "
+            f"{sorted(info['unexpected_keys'])}, shape mismatches {sorted(info['mismatched_keys'])}"
+        )
     model.save_pretrained(output_dir)
     _copy_tokenizer_files(input_dir, output_dir)
 
@@ -227,16 +124,27 @@ def convert_lite_to_deberta_v2(input_dir, output_dir, allow_pickle: bool = False
     """Convert a DeBERTa-lite checkpoint directory into a transformers DebertaV2 one."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     config = lite_config_to_deberta_v2(DebertaLiteConfig.from_json_file(input_dir / "config.json"))
-    tied = set(modeling_deberta_lite.DebertaLiteForMaskedLM._tied_weights_keys)
-    state_dict = rename_state_dict(
-        {key: value for key, value in load_state_dict(input_dir, allow_pickle).items() if key not in tied}, LITE_TO_V2
-    )
+    lite = load_state_dict(input_dir, allow_pickle)
     with torch.device("meta"):
         reference = _architecture_class(config, modeling_deberta_v2, "DebertaV2Model")(config)
+    renames = [WeightRenaming(source, target) for source, target in DEBERTA_V2_KEY_RENAMES]
+    state_dict, missing = {}, []
+    for key in reference.state_dict():
+        lite_key = key
+        for rename in renames:
+            lite_key, _ = rename.rename_source_key(lite_key)
+        if lite_key in lite:
+            state_dict[key] = lite.pop(lite_key)
+        else:
+            missing.append(lite_key)
     # DebertaV2 builds no absolute table when position_biased_input=False; it is kept for the way back.
-    check_against_architecture(
-        state_dict, reference, allowed_missing=set(), allowed_unexpected={_position_table_key(reference)}
-    )
+    position_table = [key for key in lite if key.endswith(POSITION_TABLE)]
+    state_dict.update((key, lite.pop(key)) for key in position_table)
+    lite.pop("lm_head.decoder.weight", None)  # the tied output embedding, when it was stored
+    if missing or lite:
+        raise ConversionError(
+            f"weights do not fit {type(reference).__name__}: missing {sorted(missing)}, unexpected {sorted(lite)}"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(output_dir)
     save_file({key: value.contiguous() for key, value in state_dict.items()}, output_dir / "model.safetensors",

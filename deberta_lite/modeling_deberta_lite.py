@@ -33,6 +33,8 @@ from torch.nn.attention.flex_attention import flex_attention
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -47,7 +49,13 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.import_utils import is_torchdynamo_compiling
-from transformers.utils.output_capturing import _active_collector, capture_outputs, maybe_install_capturing_hooks
+from transformers.utils.output_capturing import (
+    _active_collector,
+    capture_outputs,
+    maybe_install_capturing_hooks,
+    resolve_hidden_states_indices,
+    selected_hidden_states,
+)
 
 from .configuration_deberta_lite import DebertaLiteConfig
 
@@ -86,20 +94,34 @@ def build_relative_position(
     return torch.clamp(relative_pos + span, 0, 2 * span - 1)
 
 
-def reachable_rows(seq_len: int, config: DebertaLiteConfig) -> tuple[int, int]:
+def bucket_reach(config: DebertaLiteConfig) -> tuple[int, ...]:
+    """reach[d]: the bucket of distance d, for d up to the distance whose bucket is the table's last row.
+
+    Computed once per model, on the CPU, with make_log_bucket_position itself (its float32 boundaries): reachable_rows
+    then reads Python integers, which torch.compile treats as constants, instead of reading a tensor back to the host
+    (a graph break) on every forward.
+    """
+    if config.position_buckets <= 0:
+        return ()
+    with torch.device("cpu"):  # also when the model is built on the meta device (from_pretrained)
+        distances = torch.arange(config.max_relative_distance + 1)
+        reach = make_log_bucket_position(distances, config.position_buckets, config.max_relative_distance)
+    return tuple(reach.tolist())
+
+
+def reachable_rows(seq_len: int, config: DebertaLiteConfig, reach: tuple[int, ...] = ()) -> tuple[int, int]:
     """[first, last]: the rows of the relative table that a sequence of `seq_len` tokens can index.
 
     Short inputs never reach the outer rows (128 tokens with 256 buckets use 255 of 512), so only these rows are
-    projected and multiplied; the rest would be computed and never read.
+    projected and multiplied; the rest would be computed and never read. `reach` is `bucket_reach(config)`.
     """
     span = config.relative_span
     if not isinstance(seq_len, int):  # symbolic (torch.export / ONNX with a dynamic length): keep every row
         return 0, 2 * span - 1
-    reach = torch.tensor([seq_len - 1])
+    distance = seq_len - 1
     if config.position_buckets > 0:
-        reach = make_log_bucket_position(reach, config.position_buckets, config.max_relative_distance)
-    reach = int(reach)
-    return max(0, span - reach), min(2 * span - 1, span + reach)
+        distance = reach[min(distance, len(reach) - 1)]
+    return max(0, span - distance), min(2 * span - 1, span + distance)
 
 
 def pair_attention_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -274,14 +296,22 @@ AttentionInterface.register("deberta_flex", flex_attention_forward)
 
 
 class DebertaLiteEmbeddings(nn.Module):
-    """Word (+ absolute position when `position_biased_input`) (+ token type) -> embed_proj -> LayerNorm -> mask."""
+    """Word (+ absolute position when `position_biased_input`) (+ token type) -> embed_proj -> LayerNorm -> mask.
 
-    def __init__(self, config: DebertaLiteConfig):
+    The absolute position table exists when the input uses it or when `with_position_embeddings` asks for it: the
+    enhanced mask decoder reads it even when the input does not. A table nothing reads would get no gradient, which
+    DDP (find_unused_parameters=False) rejects.
+    """
+
+    def __init__(self, config: DebertaLiteConfig, with_position_embeddings: bool = False):
         super().__init__()
         self.config = config
         self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
-        # Always allocated: the enhanced mask decoder adds absolute positions even when the input does not.
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.embedding_size)
+            if config.position_biased_input or with_position_embeddings
+            else None
+        )
         self.token_type_embeddings = (
             nn.Embedding(config.type_vocab_size, config.embedding_size) if config.type_vocab_size > 0 else None
         )
@@ -318,8 +348,38 @@ class DebertaLiteEmbeddings(nn.Module):
         return self.dropout(embeddings)
 
 
+class DebertaLiteSublayerOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(residual + ·): how the attention and the feed-forward block each end (post-LN).
+
+    The projection is called `dense` under a module called `output`, as in DebertaV2, so LoRA recipes written for
+    DeBERTa (`target_modules=["query_proj", "key_proj", "value_proj", "dense"]`, or "output.dense") adapt the same
+    layers here.
+    """
+
+    def __init__(self, config: DebertaLiteConfig, input_size: int):
+        super().__init__()
+        self.dense = nn.Linear(input_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.norm(residual + self.dropout(self.dense(hidden_states)))
+
+
+class DebertaLiteIntermediate(nn.Module):
+    """The feed-forward block's first half: dense (H -> intermediate_size) -> activation."""
+
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(hidden_states))
+
+
 class DebertaLiteAttention(nn.Module):
-    """Disentangled self-attention: A = (Qc·Kcᵀ + c2p + p2c) / sqrt(d·s), then the output projection.
+    """Disentangled self-attention: A = (Qc·Kcᵀ + c2p + p2c) / sqrt(d·s), then LN(query + output projection).
 
     c2p[i, j] = Qc_i · Kr[delta(i, j)] and p2c[i, j] = Kc_j · Qr[delta(i, j)]: p2c uses the same index as c2p (the
     paper writes delta(j, i)); this is what the released checkpoints were trained with.
@@ -347,7 +407,7 @@ class DebertaLiteAttention(nn.Module):
             if "p2c" in config.pos_att_type:
                 self.pos_query_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.output = DebertaLiteSublayerOutput(config, config.hidden_size)
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
         return states.view(*states.shape[:-1], self.num_heads, self.head_dim).transpose(-3, -2)  # (..., nh, N, d)
@@ -380,7 +440,7 @@ class DebertaLiteAttention(nn.Module):
         query_states: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # Keys and values come from hidden_states; the query may differ (the enhanced mask decoder).
+        # Keys and values come from hidden_states; the query (and the residual) may differ: the enhanced mask decoder.
         query_states = hidden_states if query_states is None else query_states
         query = self._heads(self.query_proj(query_states))  # (B, nh, Nq, d)
         key = self._heads(self.key_proj(hidden_states))  # (B, nh, Nk, d)
@@ -407,7 +467,7 @@ class DebertaLiteAttention(nn.Module):
             **kwargs,
         )
         attn_output = attn_output.reshape(*query_states.shape[:-1], -1)  # (B, Nq, H)
-        return self.out_proj(attn_output), attn_weights
+        return self.output(attn_output, residual=query_states), attn_weights
 
 
 class DebertaLiteConvLayer(nn.Module):
@@ -443,12 +503,8 @@ class DebertaLiteLayer(GradientCheckpointingLayer):
     def __init__(self, config: DebertaLiteConfig, layer_idx: int):
         super().__init__()
         self.attention = DebertaLiteAttention(config, layer_idx)
-        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = ACT2FN[config.hidden_act]
-        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.intermediate = DebertaLiteIntermediate(config)
+        self.output = DebertaLiteSublayerOutput(config, config.intermediate_size)
         self.conv = DebertaLiteConvLayer(config) if layer_idx == 0 and config.conv_kernel_size > 0 else None
 
     def forward(
@@ -457,17 +513,14 @@ class DebertaLiteLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None,
         relative_pos: torch.LongTensor,
         rel_embeddings: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
         query_states: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
-        residual = hidden_states if query_states is None else query_states
-        attn_output, _ = self.attention(
-            hidden_states, attention_mask, relative_pos, rel_embeddings, query_states=query_states, **kwargs
-        )
-        attn_output = self.attention_norm(residual + self.dropout(attn_output))
-        ffn_output = self.output(self.act(self.intermediate(attn_output)))
-        layer_output = self.output_norm(attn_output + self.dropout(ffn_output))
+        """`query_states` (the EMD's queries) comes positionally: reentrant checkpointing only replays positional
+        tensors, and a query passed by keyword would be backpropagated through twice."""
+        attn_output, _ = self.attention(hidden_states, attention_mask, relative_pos, rel_embeddings, query_states, **kwargs)
+        layer_output = self.output(self.intermediate(attn_output), residual=attn_output)
         # The EMD's query passes reuse the block but not the convolution, which the original applies in its encoder
         # loop after the first layer only.
         if self.conv is not None and query_states is None:
@@ -492,6 +545,44 @@ def unreadable_weights(pretrained_model_name_or_path) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints of transformers' DebertaV2 (and of the original DeBERTa code) load directly
+# ----------------------------------------------------------------------------------------------------------------
+
+# (checkpoint name, DeBERTa-lite name) regular expressions, applied in turn to every key `from_pretrained` reads.
+# Keys saved by DeBERTa-lite match none of them. The configuration file translates a "deberta-v2" config.
+DEBERTA_V2_KEY_RENAMES = [
+    ("encoder.layer.", "layers."),
+    ("attention.self.", "attention."),
+    ("encoder.conv.", "layers.0.conv."),
+    ("encoder.rel_embeddings.", "rel_embeddings."),
+    ("encoder.LayerNorm.", "rel_norm."),
+    # The masked-LM head: original DeBERTa names (DebertaV2ForMaskedLM with legacy=False), then transformers' legacy
+    # BERT-style names, whose decoder weight is the tied word embedding.
+    ("lm_predictions.lm_head.bias", "lm_head.decoder.bias"),
+    ("lm_predictions.lm_head.", "lm_head."),
+    ("cls.predictions.transform.", "lm_head."),
+    ("cls.predictions.bias", "lm_head.decoder.bias"),
+    ("cls.predictions.decoder.", "lm_head.decoder."),
+    ("LayerNorm.", "norm."),
+]
+# Names written by DeBERTa-lite 0.1, before the attention and feed-forward outputs took DebertaV2's `output.dense`.
+DEBERTA_LITE_0_1_KEY_RENAMES = [
+    ("attention.out_proj.", "attention.output.dense."),
+    ("attention_norm.", "attention.output.norm."),
+    ("output_norm.", "output.norm."),
+    ("intermediate.weight", "intermediate.dense.weight"),
+    ("intermediate.bias", "intermediate.dense.bias"),
+    ("output.weight", "output.dense.weight"),
+    ("output.bias", "output.dense.bias"),
+]
+register_checkpoint_conversion_mapping(
+    DebertaLiteConfig.model_type,
+    [WeightRenaming(source, target) for source, target in DEBERTA_V2_KEY_RENAMES + DEBERTA_LITE_0_1_KEY_RENAMES],
+    overwrite=True,  # this file may be imported twice: as the package and as remote code
+)
+
+
 class DebertaLitePreTrainedModel(PreTrainedModel):
     config: DebertaLiteConfig
     config_class = DebertaLiteConfig
@@ -504,6 +595,17 @@ class DebertaLitePreTrainedModel(PreTrainedModel):
     # seeing **kwargs in forward, if this were True.) The MLM head overrides it and honours num_items_in_batch.
     accepts_loss_kwargs = False
     _can_record_outputs = {"hidden_states": DebertaLiteLayer, "attentions": DebertaLiteAttention}
+    # Only the masked LM's enhanced mask decoder reads the absolute position table of a v2/v3 checkpoint (and the
+    # replaced-token-detection head of DeBERTa-v3 checkpoints has no class here): other heads skip them quietly.
+    _keys_to_ignore_on_load_unexpected = [r"embeddings\.position_embeddings\.weight", r"^mask_predictions\."]
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """transformers' `save_pretrained`, writing DeBERTa-lite's own weight names by default.
+
+        transformers would otherwise apply the DebertaV2 renames above in reverse, and Trainer, which resumes by
+        reading the saved weights without renaming them, could not resume its own checkpoints.
+        """
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -532,9 +634,12 @@ class DebertaLitePreTrainedModel(PreTrainedModel):
 
 
 class DebertaLiteModel(DebertaLitePreTrainedModel):
-    def __init__(self, config: DebertaLiteConfig):
+    """The encoder. `with_position_embeddings=True` keeps the absolute position table even when the input does not
+    use it, for a head that reads it (the masked LM's enhanced mask decoder)."""
+
+    def __init__(self, config: DebertaLiteConfig, with_position_embeddings: bool = False):
         super().__init__(config)
-        self.embeddings = DebertaLiteEmbeddings(config)
+        self.embeddings = DebertaLiteEmbeddings(config, with_position_embeddings)
         self.layers = nn.ModuleList([DebertaLiteLayer(config, i) for i in range(config.num_hidden_layers)])
         # One relative-position table P (2k rows) shared by all layers; each layer projects it with its own weights.
         self.rel_embeddings = nn.Embedding(2 * config.relative_span, config.hidden_size)
@@ -543,6 +648,7 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
             if config.norm_rel_ebd == "layer_norm"
             else None
         )
+        self.relative_reach = bucket_reach(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -556,7 +662,7 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
 
         The table is normalised once per forward (v2/v3), here, not per layer.
         """
-        first, last = reachable_rows(seq_len, self.config)
+        first, last = reachable_rows(seq_len, self.config, self.relative_reach)
         relative_pos = build_relative_position(seq_len, seq_len, self.config, device) - first
         rel_embeddings = self.rel_embeddings.weight[first : last + 1]  # (rows, H)
         if self.rel_norm is not None:
@@ -645,18 +751,17 @@ class DebertaLiteLMHead(nn.Module):
 class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
     """MLM through the enhanced mask decoder: absolute positions enter only right before the softmax.
 
-    With labels, only the masked positions (labels != -100) are decoded and `logits` is (num_masked, vocab) in
-    row-major order of the mask; without labels it is (B, N, vocab), as `pipeline("fill-mask")` needs.
+    `logits` is (B, N, vocab), as in every transformers masked LM. `sparse_prediction=True` (with labels) decodes only
+    the masked positions, for speed in pretraining: `logits` is then (num_masked, vocab) in row-major order of the
+    mask, and the loss is the same.
     """
 
     _tied_weights_keys = {"lm_head.decoder.weight": "deberta.embeddings.word_embeddings.weight"}
-    # Never stored: Trainer then re-ties instead of warning about a missing key when it resumes a checkpoint.
-    _keys_to_ignore_on_save = ["lm_head.decoder.weight"]
     accepts_loss_kwargs = True
 
     def __init__(self, config: DebertaLiteConfig):
         super().__init__(config)
-        self.deberta = DebertaLiteModel(config)
+        self.deberta = DebertaLiteModel(config, with_position_embeddings=self.uses_emd)
         self.lm_head = DebertaLiteLMHead(config)
         self.post_init()
         if self.uses_emd:
@@ -704,12 +809,7 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         try:
             for _ in range(self.config.emd_num_layers):
                 query_states = last_layer(
-                    hidden_states,
-                    pair_mask,
-                    relative_pos,
-                    rel_embeddings,
-                    padding_mask=attention_mask,
-                    query_states=query_states,
+                    hidden_states, pair_mask, relative_pos, rel_embeddings, query_states, padding_mask=attention_mask
                 )
         finally:
             _active_collector.reset(token)
@@ -734,21 +834,27 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        sparse_prediction: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
+        r"""sparse_prediction: with `labels`, decode only the masked positions (labels != -100); `logits` is then
+        (num_masked, vocab). The vocabulary projection is most of the head's cost, so pretraining uses it."""
         if self.uses_emd and (input_ids is not None or inputs_embeds is not None):
             self._check_emd_length((input_ids if input_ids is not None else inputs_embeds).shape[1], position_ids)
         # Trainer's count of masked tokens over the whole accumulated batch: sum the loss and divide by it, so
         # gradient accumulation weighs every masked token equally.
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        return_hidden_states = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
+        requested = kwargs.pop("output_hidden_states", self.config.output_hidden_states)
+        wanted = self._requested_hidden_states(requested)
+        # The EMD reads the second-to-last hidden state: capture it as well, and return only what was asked for.
+        captured = wanted | {self.config.num_hidden_layers - 1} if self.uses_emd else wanted
         outputs = self.deberta(
             input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            output_hidden_states=bool(return_hidden_states) or self.uses_emd,  # the EMD reads hidden_states[-2]
+            output_hidden_states=sorted(captured) if captured else False,
             **kwargs,
         )
         if self.uses_emd:
@@ -757,23 +863,30 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
             sequence_output = outputs.last_hidden_state
 
         loss = None
-        if labels is None:
-            logits = self.lm_head(sequence_output)  # (B, N, V)
-        else:
-            # Decode only the masked positions: the vocabulary projection is most of the head's cost.
+        if labels is not None and sparse_prediction:
             masked = labels != -100
             logits = self.lm_head(sequence_output[masked])  # (num_masked, V)
+            targets = labels[masked]
+        else:
+            logits = self.lm_head(sequence_output)  # (B, N, V)
+            targets = labels
+        if labels is not None:
             # A sum over a count, with no branch on the count, so torch.compile traces it whatever the mask holds.
             # With nothing masked the sum is an empty one: a zero loss that still backpropagates (zero gradients).
-            count = masked.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
-            total = CrossEntropyLoss(reduction="sum")(logits.float(), labels[masked])
+            count = (labels != -100).sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
+            total = CrossEntropyLoss(reduction="sum")(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
             loss = total / count.to(total.device).clamp(min=1)
-        return MaskedLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states if return_hidden_states else None,
-            attentions=outputs.attentions,
-        )
+        hidden_states = None
+        if wanted:
+            hidden_states = tuple(state if i in wanted else None for i, state in enumerate(outputs.hidden_states))
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=outputs.attentions)
+
+    def _requested_hidden_states(self, output_hidden_states: bool | int | list[int] | None) -> set[int]:
+        """The indices of the hidden states the caller asked for (all of them for True, none for False)."""
+        selection = selected_hidden_states(output_hidden_states)
+        if selection is None:
+            return set(range(self.config.num_hidden_layers + 1)) if output_hidden_states else set()
+        return resolve_hidden_states_indices(self.deberta, selection)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -795,20 +908,25 @@ class DebertaLiteContextPooler(nn.Module):
 
 
 def sequence_classification_loss(config: DebertaLiteConfig, logits: torch.Tensor, labels: torch.Tensor):
-    """Regression, single-label or multi-label loss, chosen from `problem_type` as transformers' heads do."""
+    """Regression, single-label or multi-label loss, chosen from `problem_type` as transformers' heads do.
+
+    An unset `problem_type` is inferred per call and not written back to the config: a config that changes after the
+    first step would make torch.compile recompile.
+    """
     num_labels = logits.shape[-1]
-    if config.problem_type is None:
+    problem_type = config.problem_type
+    if problem_type is None:
         if num_labels == 1:
-            config.problem_type = "regression"
+            problem_type = "regression"
         elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
+            problem_type = "single_label_classification"
         else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
         if num_labels == 1:
             return MSELoss()(logits.squeeze(-1), labels.view(-1).to(logits.dtype))
         return MSELoss()(logits, labels.to(logits.dtype))
-    if config.problem_type == "single_label_classification":
+    if problem_type == "single_label_classification":
         return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
     return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
 

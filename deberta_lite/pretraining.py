@@ -146,6 +146,10 @@ class MaskingTrainer(DebertaLiteTrainer):
             inputs = {**inputs, "input_ids": masked.to(input_ids.device), "labels": labels.to(input_ids.device)}
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        # Decode only the masked positions (the same loss): the vocabulary projection of the rest is wasted work.
+        return super().compute_loss(model, {**inputs, "sparse_prediction": True}, *args, **kwargs)
+
 
 def run_pretraining(
     model,

@@ -60,15 +60,26 @@ def test_emd_matches_an_independent_computation(backend):
     assert_close(logits[keep], expected[keep], atol=1e-5, rtol=1e-5)
 
 
-def test_masked_only_decoding_gives_the_full_decoding_loss():
+def test_logits_with_labels_are_batch_by_sequence_by_vocab():
     model = DebertaLiteForMaskedLM(tiny_config()).eval()
     input_ids, attention_mask = padded_batch()
     labels = _labels(input_ids, attention_mask, [(0, 1), (1, 3), (1, 11), (2, 0), (2, 5)])
-    sparse = model(input_ids, attention_mask=attention_mask, labels=labels)
-    full = model(input_ids, attention_mask=attention_mask).logits
+    with_labels = model(input_ids, attention_mask=attention_mask, labels=labels)
+    without = model(input_ids, attention_mask=attention_mask).logits
+    assert with_labels.logits.shape == (3, 12, 100)  # as every transformers masked LM
+    assert_close(with_labels.logits, without)
+    assert_close(with_labels.loss, torch.nn.functional.cross_entropy(without.view(-1, 100), labels.view(-1)))
+
+
+def test_sparse_prediction_decodes_only_masked_positions_with_the_same_loss():
+    model = DebertaLiteForMaskedLM(tiny_config()).eval()
+    input_ids, attention_mask = padded_batch()
+    labels = _labels(input_ids, attention_mask, [(0, 1), (1, 3), (1, 11), (2, 0), (2, 5)])
+    sparse = model(input_ids, attention_mask=attention_mask, labels=labels, sparse_prediction=True)
+    full = model(input_ids, attention_mask=attention_mask, labels=labels)
     assert sparse.logits.shape == (5, 100)  # only the masked positions were decoded
-    assert_close(sparse.logits, full[labels != -100], atol=1e-5, rtol=1e-5)
-    assert_close(sparse.loss, torch.nn.functional.cross_entropy(full.view(-1, 100), labels.view(-1)))
+    assert_close(sparse.logits, full.logits[labels != -100], atol=1e-5, rtol=1e-5)
+    assert_close(sparse.loss, full.loss, atol=1e-6, rtol=1e-6)
 
 
 def test_batch_with_nothing_masked_has_zero_loss():
@@ -83,18 +94,19 @@ def test_emd_injects_absolute_positions_and_can_be_turned_off():
     input_ids, attention_mask = padded_batch()
     with_emd = DebertaLiteForMaskedLM(tiny_config()).eval()
     without = DebertaLiteForMaskedLM(tiny_config(emd_num_layers=0)).eval()
-    without.load_state_dict(with_emd.state_dict())
+    # Without the EMD nothing reads the absolute table (position_biased_input=False), so the model has none.
+    assert without.deberta.embeddings.position_embeddings is None
+    loaded = without.load_state_dict(with_emd.state_dict(), strict=False)
+    assert loaded.unexpected_keys == ["deberta.embeddings.position_embeddings.weight"] and not loaded.missing_keys
     plain = without(input_ids, attention_mask=attention_mask, output_hidden_states=True)
     # EMD off: the head reads the last encoder layer directly.
     assert_close(plain.logits, without.lm_head(plain.hidden_states[-1]))
     emd = with_emd(input_ids, attention_mask=attention_mask).logits
     assert (emd - plain.logits).abs().max() > 1e-3
-    # The EMD changes with the absolute table; the EMD-free head does not.
+    # The EMD changes with the absolute table.
     with torch.no_grad():
         with_emd.deberta.embeddings.position_embeddings.weight.normal_()
-        without.deberta.embeddings.position_embeddings.weight.normal_()
     assert (with_emd(input_ids, attention_mask=attention_mask).logits - emd).abs().max() > 1e-3
-    assert torch.equal(without(input_ids, attention_mask=attention_mask).logits, plain.logits)
 
 
 def test_no_emd_when_the_input_already_has_absolute_positions():

@@ -11,6 +11,7 @@ from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     DebertaV2Config,
+    DebertaV2ForMaskedLM,
     DebertaV2ForSequenceClassification,
     DebertaV2ForTokenClassification,
     DebertaV2Model,
@@ -108,16 +109,21 @@ def test_lite_to_debertav2_to_lite_is_lossless(case, tmp_path):
     assert config_before == config_after
 
 
-def test_absolute_position_table_is_kept_from_the_source(tmp_path):
-    reference = DebertaV2Model(DebertaV2Config(**V2_TINY, **CASES["v3"]))
-    reference.save_pretrained(tmp_path / "v2")
+def test_absolute_position_table_goes_only_to_the_model_that_reads_it(tmp_path):
     # Original DeBERTa-v3 checkpoints carry the table the EMD needs, though DebertaV2 does not build it.
-    weights = load_file(tmp_path / "v2" / "model.safetensors")
     table = torch.randn(64, 32)
-    weights["embeddings.position_embeddings.weight"] = table
-    save_file(weights, tmp_path / "v2" / "model.safetensors")
-    convert_checkpoint(tmp_path / "v2", tmp_path / "lite")
-    assert torch.equal(load_file(tmp_path / "lite" / "model.safetensors")["embeddings.position_embeddings.weight"], table)
+    for name, reference in [("mlm", DebertaV2ForMaskedLM(DebertaV2Config(**V2_TINY, **CASES["v3"], legacy=False))),
+                            ("encoder", DebertaV2Model(DebertaV2Config(**V2_TINY, **CASES["v3"])))]:
+        reference.save_pretrained(tmp_path / name / "v2")
+        weights = load_file(tmp_path / name / "v2" / "model.safetensors")
+        weights[("deberta." if name == "mlm" else "") + "embeddings.position_embeddings.weight"] = table
+        save_file(weights, tmp_path / name / "v2" / "model.safetensors")
+        convert_checkpoint(tmp_path / name / "v2", tmp_path / name / "lite")
+    assert torch.equal(load_file(tmp_path / "mlm" / "lite" / "model.safetensors")[
+        "deberta.embeddings.position_embeddings.weight"], table)
+    # The encoder never reads it (position_biased_input=False): it is not carried, and so never an unused parameter.
+    assert not any("position_embeddings" in key for key in load_file(tmp_path / "encoder" / "lite" / "model.safetensors"))
+    assert DebertaLiteModel.from_pretrained(tmp_path / "encoder" / "lite").embeddings.position_embeddings is None
 
 
 def test_tokenizer_files_are_copied(tmp_path):
@@ -146,7 +152,7 @@ def test_missing_weight_is_an_error(tmp_path):
     weights = load_file(tmp_path / "v2" / "model.safetensors")
     del weights["encoder.layer.1.output.dense.weight"]
     save_file(weights, tmp_path / "v2" / "model.safetensors")
-    with pytest.raises(ConversionError, match=r"layers\.1\.output\.weight"):
+    with pytest.raises(ConversionError, match=r"layers\.1\.output\.dense\.weight"):
         convert_checkpoint(tmp_path / "v2", tmp_path / "lite")
 
 
