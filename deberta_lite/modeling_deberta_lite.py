@@ -22,6 +22,7 @@ the configuration file beside it.
 """
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -1095,6 +1096,29 @@ class DebertaLiteForMultipleChoice(DebertaLitePreTrainedModel):
         return MultipleChoiceModelOutput(
             loss=loss, logits=reshaped_logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PEFT's defaults
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def register_peft_target_modules() -> None:
+    """Give "deberta-lite" every default PEFT has for "deberta-v2" (LoRA: query_proj and value_proj, IA3, ...).
+
+    PEFT picks `target_modules` from its public per-model-type tables when a config names none; the module names here
+    are DebertaV2's, so its defaults apply unchanged. Nothing happens when PEFT is not installed.
+    """
+    if importlib.util.find_spec("peft") is None:
+        return
+    import peft.utils.constants
+
+    for name, table in vars(peft.utils.constants).items():
+        if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict) and "deberta-v2" in table:
+            table.setdefault(DebertaLiteConfig.model_type, table["deberta-v2"])
+
+
+register_peft_target_modules()
 
 
 __all__ = [
