@@ -6,6 +6,7 @@ and scipy, offline.
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,9 +22,12 @@ from transformers import (
 )
 
 from .convert import convert_deberta_v2_to_lite
-from .data import read_table
+from .data import read_table, row_location
 from .hub import DebertaLiteTrainer
 from .tokenization import fit_tokenizer_to_model
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,14 @@ def _text_columns(spec_columns, requested, columns: list[str], path: str) -> tup
     return chosen
 
 
+def _empty_rows(table: datasets.Dataset, column: str) -> list[int]:
+    """Indices of the rows whose `column` is missing (an empty csv field reads as None) or only whitespace."""
+    if column not in table.column_names:
+        return []
+    values = table[column]
+    return [i for i, value in enumerate(values) if value is None or (isinstance(value, str) and not value.strip())]
+
+
 def load_local_task(
     train_file: str | None,
     validation_file: str | None,
@@ -158,9 +170,10 @@ def load_local_task(
     """Local csv/tsv/json/jsonl files -> a DatasetDict with `labels` (ids or floats) and the task they define.
 
     Labels are integers, strings (mapped to ids in sorted order, names kept), or floats with fractional values
-    (regression). A missing file,
-    an empty file, a missing text or label column, or a validation label that train never saw is an error that
-    names the file and the column.
+    (regression). A missing file, an empty file, a missing text or label column, or a validation label that train
+    never saw is an error that names the file and the column; a train or validation row with an empty text or label
+    is an error that names the file, its line and the column. Test rows may leave them empty: test labels are
+    dropped then, and empty texts are predicted as empty.
     """
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     tables = {split: read_table(path, split) for split, path in files.items() if path}
@@ -175,6 +188,18 @@ def load_local_task(
                 raise ValueError(f"{files[split]}: text column {column!r} missing; columns: {table.column_names}")
         if split != "test" and label_column not in table.column_names:
             raise ValueError(f"{files[split]}: label column {label_column!r} missing; columns: {table.column_names}")
+        for column in columns + (label_column,):
+            empty = _empty_rows(table, column)
+            if not empty:
+                continue
+            if split != "test":
+                count = f"{len(empty)} row" + ("s" if len(empty) > 1 else "")
+                raise ValueError(f"{row_location(files[split], empty[0])}: no value in column {column!r} ({count} of "
+                                 f"{len(table)} in the file); every {split} row needs its text and label")
+            if column == label_column:  # test labels are not used for predictions: incomplete ones are dropped
+                logger.info("%s: %d of %d rows have no %r; the test labels are dropped", files[split], len(empty),
+                            len(table), label_column)
+                tables[split] = table.remove_columns(label_column)
 
     reference = tables.get("train") or tables.get("validation")
     label_names = task.label_names if task else None

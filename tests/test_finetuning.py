@@ -80,6 +80,38 @@ def test_data_errors_name_the_file_and_column(tmp_path):
         load_local_task(str(tmp_path / "missing.tsv"), None)
 
 
+def test_a_train_or_validation_row_without_label_or_text_names_file_line_and_column(tmp_path):
+    # Integer labels: the empty one made the column float with a None, which int() refused.
+    train = _write(tmp_path / "train.tsv", [["sentence", "label"], ["good film", "1"], ["a quoted\nsentence", "0"],
+                                            ["no label here", ""], ["bad film", "0"]])
+    with pytest.raises(ValueError, match=r"train\.tsv, line 5: no value in column 'label' \(1 row of 4 in the file\)"):
+        load_local_task(train, None)
+    # String labels, a blank line (skipped) before the rows without text.
+    good = _write(tmp_path / "good.tsv", [["sentence", "label"], ["good film", "pos"], ["bad film", "neg"]])
+    (tmp_path / "validation.csv").write_text("sentence,label\ngood,pos\n\n,neg\n   ,pos\n")
+    with pytest.raises(ValueError, match=r"validation\.csv, line 4: no value in column 'sentence' \(2 rows of 3 in"):
+        load_local_task(good, str(tmp_path / "validation.csv"))
+    jsonl = tmp_path / "validation.jsonl"
+    jsonl.write_text('{"sentence": "good", "label": "pos"}\n{"sentence": "bad", "label": null}\n')
+    with pytest.raises(ValueError, match=r"validation\.jsonl, line 2: no value in column 'label'"):
+        load_local_task(good, str(jsonl))
+    with pytest.raises(ValueError, match=r"train\.tsv, line 5: no value in column 'label'"):
+        finetune_glue.main(["--model_name_or_path", str(tmp_path / "never-loaded"), "--output_dir", str(tmp_path / "o"),
+                            "--do_train", "--train_file", train, "--use_cpu", "--report_to", "none"])
+    # A test file may leave labels and text empty: its labels are not used, and every row gets a prediction.
+    test = _write(tmp_path / "test.tsv", [["sentence", "label"], ["good film", "pos"], ["unlabelled film", ""],
+                                          ["", ""]])
+    data, _ = load_local_task(good, None, test)
+    assert data["test"]["sentence"] == ["good film", "unlabelled film", None]
+    assert "labels" not in data["test"].column_names and data["train"]["labels"] == [1, 0]
+
+
+def test_a_row_with_an_extra_field_names_its_line(tmp_path):
+    extra = _write(tmp_path / "extra.tsv", [["sentence", "label"], ["good film", "1"], ["bad", "film", "0"]])
+    with pytest.raises(ValueError, match=r"could not read .*extra\.tsv as tsv: .*Expected 2 fields in line 3, saw 3"):
+        load_local_task(extra, None)
+
+
 # ---------------------------------------------------------------- short runs on real data
 
 
@@ -114,7 +146,8 @@ def _files(name):
 
 
 def test_binary_sentiment_as_glue_sst2(checkpoint, tmp_path):
-    metrics = _run(checkpoint, tmp_path, "--task_name", "sst2", *_files("sentiment_sample"), "--max_predict_samples", "50")
+    metrics = _run(checkpoint, tmp_path, "--task_name", "sst2", *_files("sentiment_sample"),
+                   "--max_predict_samples", "50")
     assert 0 <= metrics["eval_accuracy"] <= 1 and "eval_f1" not in metrics
     rows = _predictions(tmp_path / "SST-2.tsv")
     assert rows[0] == ["index", "prediction"] and len(rows) == 51
@@ -145,8 +178,8 @@ def test_six_string_labels_keep_their_names(checkpoint, tmp_path):
 
 
 def test_regression_as_glue_stsb(checkpoint, tmp_path):
-    metrics = _run(checkpoint, tmp_path, "--task_name", "stsb", *_files("amazon_reg_sample"), "--text_columns", "sentence",
-                   "--max_predict_samples", "30")
+    metrics = _run(checkpoint, tmp_path, "--task_name", "stsb", *_files("amazon_reg_sample"),
+                   "--text_columns", "sentence", "--max_predict_samples", "30")
     assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(metrics)
     assert all(-1 <= metrics[k] <= 1 for k in ("eval_pearson", "eval_spearmanr"))
     config = json.loads((tmp_path / "config.json").read_text())
