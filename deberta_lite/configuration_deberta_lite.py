@@ -4,14 +4,31 @@ Field names and meanings follow transformers' `DebertaV2Config` (so configs conv
 declared and typed here: the modeling code never reads an undeclared attribute. Defaults give a DeBERTa-v3-base
 shaped model. Invalid values raise a `ValueError` at construction that names the field and what is allowed.
 
-This file is copied next to the weights by `save_pretrained` (remote code), so it imports only transformers.
+This file is copied next to the weights by `save_pretrained` (remote code), so it imports only transformers and
+what transformers itself requires (huggingface_hub, packaging).
 """
 
 from dataclasses import field
 
-from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
-from transformers.activations import ACT2FN
+import transformers
+from packaging.version import Version
+
+
+# The oldest transformers this file and the modeling file beside it run on; pyproject.toml requires the same.
+# Transformers imports this file first when it loads remote code, and older releases fail further on with errors
+# that do not name the cause (no PreTrainedConfig before 5.0, no dataclass config before 5.4, an SDPA kernel that
+# silently drops the relative-position bias before 5.14, output-capturing helpers missing before 5.23), so the
+# check comes before any other import from transformers.
+MIN_TRANSFORMERS_VERSION = "5.23.0"
+if Version(transformers.__version__) < Version(MIN_TRANSFORMERS_VERSION):
+    raise ImportError(
+        f"DeBERTa-lite needs transformers>={MIN_TRANSFORMERS_VERSION} (found {transformers.__version__}): "
+        f"pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'"
+    )
+
+from huggingface_hub.dataclasses import strict  # noqa: E402  (after the version check)
+from transformers import PreTrainedConfig  # noqa: E402
+from transformers.activations import ACT2FN  # noqa: E402
 
 
 # Written into every saved config so `AutoXxx.from_pretrained(dir, trust_remote_code=True)` finds each class in the
@@ -111,6 +128,9 @@ class DebertaLiteConfig(PreTrainedConfig):
         if self.pooler_hidden_size is None:
             self.pooler_hidden_size = self.hidden_size
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        # Saved into config.json, so whoever holds only the checkpoint can see which transformers its code needs
+        # (`transformers_version` is the release that saved it, not the oldest that loads it).
+        kwargs["min_transformers_version"] = MIN_TRANSFORMERS_VERSION
         super().__post_init__(**kwargs)
         self._check_values()
 
@@ -195,7 +215,8 @@ DEBERTA_V2_IMPLICIT_DEFAULTS = {
     "conv_act": "tanh",
 }
 # Bookkeeping that each side writes for itself.
-NOT_CARRIED = ("model_type", "architectures", "transformers_version", "auto_map", "legacy", "_name_or_path")
+NOT_CARRIED = ("model_type", "architectures", "transformers_version", "min_transformers_version", "auto_map", "legacy",
+               "_name_or_path")
 
 
 def lite_architecture(deberta_v2_architecture: str) -> str:

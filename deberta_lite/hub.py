@@ -15,6 +15,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 from transformers import Trainer
 
 from .checkpoints import CrashSafeCheckpoints
+from .configuration_deberta_lite import MIN_TRANSFORMERS_VERSION
 
 
 PIPELINE_TAGS = {
@@ -122,12 +123,15 @@ def _card_body(name, config, architecture, hyperparameters, metrics, dataset) ->
         lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
                   for key, value in metrics.items()]
     auto_class = AUTO_CLASS.get(architecture, "AutoModel")
+    # What the copied code asked for when it was saved; configs saved before it was recorded get this package's.
+    min_version = config.get("min_transformers_version", MIN_TRANSFORMERS_VERSION)
     lines += [
         "",
         "## Usage",
         "",
         "The modeling code ships with the weights, so plain transformers loads it with `trust_remote_code=True` (with",
-        "the `deberta_lite` package installed, `import deberta_lite` instead).",
+        "the `deberta_lite` package installed, `import deberta_lite` instead). That code needs",
+        f"transformers>={min_version}: `pip install -U 'transformers>={min_version}'`.",
         "",
         "```python",
         f"from transformers import AutoTokenizer, {auto_class}" + (", pipeline" if PIPELINE_TAGS.get(architecture)
