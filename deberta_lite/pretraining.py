@@ -20,6 +20,7 @@ from .data import read_table
 from .hub import DebertaLiteTrainer
 from .masking import DataCollatorForDebertaMLM
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
+from .tokenization import fit_tokenizer_to_model
 
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def tokenize_and_group(
     block = max_seq_length - 2
 
     def tokenize(batch):
-        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]}
+        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]}
 
     def group(batch):
         ids = list(chain.from_iterable(batch["input_ids"]))
@@ -164,6 +165,7 @@ def run_pretraining(
 
     `eval_dataset` must be masked already (`mask_once`), so every evaluation sees the same masks.
     """
+    fit_tokenizer_to_model(tokenizer, model.config)  # the saved tokenizer truncates to what the masked LM takes
     trainer = MaskingTrainer(
         model=model,
         args=training_args,

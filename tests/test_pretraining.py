@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import EvalPrediction
+from transformers import AutoTokenizer, EvalPrediction
 
 from deberta_lite.pretraining import load_raw_datasets, masked_accuracy, parse_overrides, predictions_from_logits
 
@@ -94,6 +94,8 @@ def test_short_pretraining_lowers_validation_loss(tokenizer_dir, tmp_path):
     assert metrics["eval_accuracy"] > metrics["before_accuracy"]
     assert metrics["eval_perplexity"] == pytest.approx(np.exp(metrics["eval_loss"]))
     assert (tmp_path / "run" / "model.safetensors").exists() and (tmp_path / "run" / "eval_results.json").exists()
+    # The saved tokenizer truncates to what the masked LM takes (its enhanced mask decoder is capped at 128).
+    assert AutoTokenizer.from_pretrained(tmp_path / "run").model_max_length == 128
 
 
 def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir, tmp_path):
