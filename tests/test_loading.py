@@ -1,0 +1,244 @@
+"""Every DeBERTa-lite class loads transformers' DebertaV2 checkpoints, and the original DeBERTa ones, directly:
+`from_pretrained` translates the config and renames the weights. The reference is the DebertaV2 model that was saved."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch.testing import assert_close
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForMaskedLM,
+    DebertaV2ForMultipleChoice,
+    DebertaV2ForQuestionAnswering,
+    DebertaV2ForSequenceClassification,
+    DebertaV2ForTokenClassification,
+    DebertaV2Model,
+)
+
+from deberta_lite import (
+    DebertaLiteForMaskedLM,
+    DebertaLiteForMultipleChoice,
+    DebertaLiteForQuestionAnswering,
+    DebertaLiteForSequenceClassification,
+    DebertaLiteForTokenClassification,
+    DebertaLiteModel,
+)
+
+from conftest import padded_batch
+from test_hub import hub, hub_env, run_python  # noqa: F401 (hub is a fixture)
+from test_parity import CASES, V2_TINY, _inputs
+
+
+CLASSES = [
+    (DebertaLiteModel, DebertaV2Model),
+    (DebertaLiteForSequenceClassification, DebertaV2ForSequenceClassification),
+    (DebertaLiteForTokenClassification, DebertaV2ForTokenClassification),
+    (DebertaLiteForQuestionAnswering, DebertaV2ForQuestionAnswering),
+    (DebertaLiteForMultipleChoice, DebertaV2ForMultipleChoice),
+]
+# Three labels where the head's width is free (question answering has two outputs, multiple choice one).
+NUM_LABELS = {DebertaV2ForSequenceClassification: 3, DebertaV2ForTokenClassification: 3}
+POSITION_TABLE = "deberta.embeddings.position_embeddings.weight"
+
+
+def _reference(v2_class, case, **overrides):
+    num_labels = NUM_LABELS.get(v2_class, 2)
+    return v2_class(DebertaV2Config(**V2_TINY, **CASES[case], num_labels=num_labels, **overrides)).eval()
+
+
+def _inputs_for(model):
+    inputs = _inputs(model.config)
+    if model.__class__.__name__.endswith("ForMultipleChoice"):  # (examples, choices, sequence): two examples
+        return {key: None if value is None else torch.stack([value, value.flip(0)]) for key, value in inputs.items()}
+    return inputs
+
+
+def assert_same_outputs(actual_model, expected_model):
+    """Every output of both models (hidden states, logits, start/end logits) on a padded batch, in eval mode."""
+    inputs = _inputs_for(expected_model)
+    with torch.no_grad():
+        actual, expected = actual_model.eval()(**inputs), expected_model.eval()(**inputs)
+    assert actual.keys() == expected.keys()
+    for key in expected.keys():
+        assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-5, msg=key)
+
+
+def assert_nothing_left_out(info, missing=()):
+    """No random weights (nothing missing beyond `missing`), nothing dropped, nothing reshaped."""
+    assert set(info["missing_keys"]) == set(missing)
+    assert not info["unexpected_keys"] and not info["mismatched_keys"] and not info["error_msgs"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("lite_class, v2_class", CLASSES, ids=[lite.__name__ for lite, _ in CLASSES])
+def test_every_class_loads_the_matching_debertav2_checkpoint(lite_class, v2_class, case, tmp_path):
+    reference = _reference(v2_class, case)
+    reference.save_pretrained(tmp_path)
+    lite, info = lite_class.from_pretrained(tmp_path, output_loading_info=True)
+    assert type(lite) is lite_class and lite.config.model_type == "deberta-lite"
+    assert lite.config.architectures == [lite_class.__name__]
+    assert_nothing_left_out(info)
+    assert_same_outputs(lite, reference)
+
+
+# legacy=False leaves out embed_proj: transformers' head of that name projects to hidden_size, not embedding_size, so
+# DebertaV2 itself cannot run it (a shape error in its forward).
+@pytest.mark.parametrize("case, legacy", [
+    *[(case, False) for case in sorted(CASES) if case != "embed_proj"], *[(case, True) for case in sorted(CASES)],
+])
+def test_masked_lm_loads_either_debertav2_head(case, legacy, tmp_path):
+    # legacy=False: the original DeBERTa names (lm_predictions.lm_head.*); legacy=True, transformers' default:
+    # BERT-style names (cls.predictions.*).
+    reference = _reference(DebertaV2ForMaskedLM, case, legacy=legacy)
+    reference.save_pretrained(tmp_path)
+    # transformers has no enhanced mask decoder: its head reads the last layer, as DeBERTa-lite's does without one.
+    lite, info = DebertaLiteForMaskedLM.from_pretrained(tmp_path, emd_num_layers=0, output_loading_info=True)
+    assert_nothing_left_out(info)
+    assert_same_outputs(lite, reference)
+    input_ids, attention_mask = padded_batch()
+    labels = torch.where(attention_mask.bool() & (torch.arange(12) % 3 == 1), input_ids, -100)
+    with torch.no_grad():
+        expected = reference(input_ids, attention_mask=attention_mask, labels=labels).loss
+        assert_close(lite(input_ids, attention_mask=attention_mask, labels=labels).loss, expected)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["lm_predictions", "cls_predictions"])
+def test_masked_lm_with_the_emd_misses_only_the_absolute_table_transformers_did_not_save(legacy, tmp_path):
+    # DebertaV2 builds no absolute table without input positions (v3), so its checkpoint has none for the EMD.
+    reference = _reference(DebertaV2ForMaskedLM, "v3", legacy=legacy)
+    reference.save_pretrained(tmp_path)
+    with_emd, info = DebertaLiteForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert with_emd.uses_emd
+    assert_nothing_left_out(info, missing=[POSITION_TABLE])
+    without_emd = DebertaLiteForMaskedLM.from_pretrained(tmp_path, emd_num_layers=0)
+    loaded = without_emd.state_dict()
+    assert set(with_emd.state_dict()) - set(loaded) == {POSITION_TABLE}
+    for key, value in loaded.items():
+        assert torch.equal(with_emd.state_dict()[key], value), key
+
+
+@pytest.mark.slow
+def test_loads_from_a_hub_id(hub, tmp_path):
+    state, url = hub
+    reference = _reference(DebertaV2ForSequenceClassification, "v3")
+    reference.save_pretrained(tmp_path / "v2")
+    # Placed on the loopback Hub as a DebertaV2 repository (config, safetensors) is published.
+    with state.lock:
+        state.repos["user/deberta-v2-tiny"] = {
+            "files": {path.name: path.read_bytes() for path in (tmp_path / "v2").iterdir()},
+            "sha": "1" * 40,
+            "private": False,
+        }
+    inputs = _inputs_for(reference)
+    with torch.no_grad():
+        torch.save({"inputs": inputs, "logits": reference(**inputs).logits}, tmp_path / "expected.pt")
+    loaded = run_python(
+        """
+        import sys
+        import torch
+        from deberta_lite import DebertaLiteForSequenceClassification
+
+        expected = torch.load(sys.argv[1])
+        model, info = DebertaLiteForSequenceClassification.from_pretrained("user/deberta-v2-tiny",
+                                                                          output_loading_info=True)
+        assert not any(info.values()), info
+        with torch.no_grad():
+            logits = model.eval()(**expected["inputs"]).logits
+        torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=1e-5)
+        print("loaded")
+        """,
+        hub_env(url, tmp_path / "home"),
+        tmp_path,
+        tmp_path / "expected.pt",
+    )
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    assert "loaded" in loaded.stdout
+    downloads = [path for method, path in state.requests if method == "GET" and "/resolve/" in path]
+    assert any(path.startswith("/user/deberta-v2-tiny/") and path.endswith("/model.safetensors") for path in downloads)
+
+
+def test_pickle_weights_load_only_with_use_safetensors_false(tmp_path):
+    reference = _reference(DebertaV2ForSequenceClassification, "v3")
+    reference.config.save_pretrained(tmp_path)
+    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="use_safetensors=False"):
+        DebertaLiteForSequenceClassification.from_pretrained(tmp_path)
+    lite, info = DebertaLiteForSequenceClassification.from_pretrained(
+        tmp_path, use_safetensors=False, output_loading_info=True
+    )
+    assert_nothing_left_out(info)
+    assert_same_outputs(lite, reference)
+
+
+def _original_checkpoint(directory):
+    """A checkpoint laid out like Microsoft's DeBERTa-v3 releases: a config without `architectures`, the MLM head
+    under its original names, the absolute position table the EMD reads, and the replaced-token-detection head."""
+    reference = _reference(DebertaV2ForMaskedLM, "v3", legacy=False)
+    reference.save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    del config["architectures"]
+    (directory / "config.json").write_text(json.dumps(config))
+    weights = load_file(directory / "model.safetensors")
+    generator = torch.Generator().manual_seed(1)
+    table = torch.randn(64, 32, generator=generator)
+    weights[POSITION_TABLE] = table
+    for name, shape in [("dense.weight", (32, 32)), ("dense.bias", (32,)), ("LayerNorm.weight", (32,)),
+                        ("LayerNorm.bias", (32,)), ("classifier.weight", (1, 32)), ("classifier.bias", (1,))]:
+        weights[f"mask_predictions.{name}"] = torch.randn(shape, generator=generator)
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    return reference, table
+
+
+def test_original_checkpoint_loads_into_the_masked_lm_with_its_position_table(tmp_path):
+    reference, table = _original_checkpoint(tmp_path)
+    lite, info = DebertaLiteForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert lite.uses_emd
+    assert_nothing_left_out(info)  # the table loaded; the RTD head, which no class has, skipped quietly
+    assert torch.equal(lite.deberta.embeddings.position_embeddings.weight, table)
+    assert_same_outputs(DebertaLiteForMaskedLM.from_pretrained(tmp_path, emd_num_layers=0), reference)
+
+
+def test_original_checkpoint_loads_into_a_classifier_skipping_what_it_does_not_read(tmp_path):
+    reference, _ = _original_checkpoint(tmp_path)
+    lite, info = DebertaLiteForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    # The new head is initialised. The MLM head is reported unused, as transformers reports it for DebertaV2; the
+    # absolute table (v3 inputs do not read it) and the RTD head are skipped without being reported.
+    assert {key.split(".")[0] for key in info["missing_keys"]} == {"pooler", "classifier"}
+    assert {key.split(".")[0] for key in info["unexpected_keys"]} == {"lm_head"}
+    assert not info["mismatched_keys"]
+    assert lite.deberta.embeddings.position_embeddings is None
+    assert_same_outputs(lite.deberta, reference.deberta)
+
+
+@pytest.mark.parametrize("lite_class", [DebertaLiteModel, DebertaLiteForMaskedLM])
+def test_debertav2_without_relative_attention_is_refused(lite_class, tmp_path):
+    config = DebertaV2Config(**{**V2_TINY, **CASES["v1"], "relative_attention": False})
+    DebertaV2ForMaskedLM(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="relative_attention"):
+        lite_class.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("lite_class, v2_class, auto_class, load_kwargs", [
+    (DebertaLiteForSequenceClassification, DebertaV2ForSequenceClassification, AutoModelForSequenceClassification, {}),
+    (DebertaLiteForMaskedLM, DebertaV2ForMaskedLM, AutoModelForMaskedLM, {"emd_num_layers": 0}),
+], ids=["classifier", "masked_lm"])
+def test_a_loaded_debertav2_checkpoint_saves_as_deberta_lite(lite_class, v2_class, auto_class, load_kwargs, tmp_path):
+    reference = _reference(v2_class, "v2_xlarge")  # the convolution too; legacy MLM head names
+    reference.save_pretrained(tmp_path / "v2")
+    lite = lite_class.from_pretrained(tmp_path / "v2", **load_kwargs)
+    assert_same_outputs(lite, reference)
+    lite.save_pretrained(tmp_path / "lite")
+    saved = load_file(tmp_path / "lite" / "model.safetensors")
+    assert json.loads((tmp_path / "lite" / "config.json").read_text())["model_type"] == "deberta-lite"
+    assert any(key.startswith("deberta.layers.1.attention.") for key in saved)
+    assert "deberta.layers.0.conv.conv.weight" in saved
+    foreign = ("encoder.", "LayerNorm", "attention.self.", "lm_predictions.", "cls.predictions.")
+    assert not [key for key in saved if any(part in key for part in foreign)]
+    reloaded, info = auto_class.from_pretrained(tmp_path / "lite", output_loading_info=True)
+    assert type(reloaded) is lite_class
+    assert_nothing_left_out(info)
+    assert_same_outputs(reloaded, lite)
