@@ -221,3 +221,58 @@ def test_fill_mask_script(tmp_path, capsys):
                                                  "--top_k", "4"])
     assert len(predictions) == 4
     assert "DebertaLiteForMaskedLM" in capsys.readouterr().out
+
+
+def test_trainer_evaluation_with_the_run_mlm_accuracy_recipe(tmp_path):
+    """transformers' run_mlm.py example evaluates with these two functions, which need (batch, seq, vocab) logits."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    def preprocess_logits_for_metrics(logits, labels):
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return logits.argmax(dim=-1)
+
+    def compute_metrics(eval_preds):
+        preds, labels = eval_preds
+        labels = labels.reshape(-1)
+        preds = preds.reshape(-1)
+        mask = labels != -100
+        labels = labels[mask]
+        preds = preds[mask]
+        return {"accuracy": float((preds == labels).mean())}  # evaluate's "accuracy", which needs the Hub
+
+    model = DebertaLiteForMaskedLM(tiny_config()).eval()
+    input_ids, attention_mask = padded_batch(batch=6)
+    # Batches of two rows with 3, 5 and 2 masked tokens.
+    labels = _labels(input_ids, attention_mask, [(0, 1), (1, 3), (1, 11), (2, 0), (2, 2), (2, 5), (3, 4), (3, 7),
+                                                 (4, 6), (5, 9)])
+    masked = labels != -100
+    with torch.no_grad():
+        predicted = model(input_ids, attention_mask=attention_mask).logits.argmax(-1)
+    # Every other masked label is the model's own prediction, the others are not: accuracy 5/10.
+    hit = torch.zeros_like(masked)
+    hit[masked] = torch.arange(int(masked.sum())) % 2 == 0
+    labels = torch.where(hit, predicted, torch.where(masked, (predicted + 1) % 100, labels))
+    data = Dataset.from_dict({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(),
+                              "labels": labels.tolist()})
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, use_cpu=True, report_to="none"),
+        eval_dataset=data,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        compute_metrics=compute_metrics,
+    )
+    metrics = trainer.evaluate()
+
+    direct_accuracy = (predicted[masked] == labels[masked]).float().mean().item()
+    assert direct_accuracy == 0.5
+    assert metrics["eval_accuracy"] == direct_accuracy
+    with torch.no_grad():
+        batch_losses = [model(ids, attention_mask=mask, labels=targets).loss
+                        for ids, mask, targets in zip(input_ids.split(2), attention_mask.split(2), labels.split(2))]
+        all_tokens_loss = model(input_ids, attention_mask=attention_mask, labels=labels).loss
+    # Trainer averages the per-batch losses (each a mean over that batch's masked tokens), weighted by batch size,
+    # which is not the mean over all masked tokens when batches hold different counts.
+    assert metrics["eval_loss"] == pytest.approx(torch.stack(batch_losses).mean().item(), rel=1e-5)
+    assert abs(metrics["eval_loss"] - all_tokens_loss.item()) > 1e-3
