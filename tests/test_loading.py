@@ -64,7 +64,7 @@ def assert_same_outputs(actual_model, expected_model):
         actual, expected = actual_model.eval()(**inputs), expected_model.eval()(**inputs)
     assert actual.keys() == expected.keys()
     for key in expected.keys():
-        assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-5, msg=key)
+        assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-5, msg=lambda message, key=key: f"{key}: {message}")
 
 
 def assert_nothing_left_out(info, missing=()):
