@@ -21,7 +21,6 @@ This file is copied next to the weights by `save_pretrained` (remote code): it i
 the configuration file beside it.
 """
 
-import functools
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from torch.nn.attention.flex_attention import flex_attention
-from torch.utils.checkpoint import checkpoint
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
@@ -58,237 +55,16 @@ from transformers.utils.output_capturing import (
     selected_hidden_states,
 )
 
+from .attention import (
+    LEAN_ATTENTION_MIN_LENGTH,
+    DisentangledBias,
+    bucket_reach,
+    build_relative_position,
+    eager_attention_forward,
+    pair_attention_mask,
+    reachable_rows,
+)
 from .configuration_deberta_lite import DebertaLiteConfig
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Relative positions
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def make_log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
-    """Log-bucket signed distances: |r| <= bucket_size // 2 unchanged, larger ones compressed logarithmically.
-
-    The float32 arithmetic is the released code's, so bucket boundaries match the pretrained checkpoints bit for bit.
-    """
-    sign = torch.sign(relative_pos)
-    mid = bucket_size // 2
-    abs_pos = torch.where(
-        (relative_pos < mid) & (relative_pos > -mid), torch.full_like(relative_pos, mid - 1), relative_pos.abs()
-    )
-    log_scale = torch.log(torch.tensor((max_position - 1) / mid, dtype=torch.float32))
-    log_pos = torch.ceil(torch.log(abs_pos / mid) / log_scale * (mid - 1)) + mid
-    return torch.where(abs_pos <= mid, relative_pos, (log_pos * sign).to(relative_pos.dtype))
-
-
-def build_relative_position(
-    query_size: int, key_size: int, config: DebertaLiteConfig, device: torch.device
-) -> torch.LongTensor:
-    """delta(i, j) = clamp(bucket(i - j) + k, 0, 2k - 1): the row of the relative table seen by query i and key j.
-
-    Returns a (query_size, key_size) index shared by every layer, head and batch row.
-    """
-    span = config.relative_span
-    relative_pos = torch.arange(query_size, device=device)[:, None] - torch.arange(key_size, device=device)[None, :]
-    if config.position_buckets > 0:
-        relative_pos = make_log_bucket_position(relative_pos, config.position_buckets, config.max_relative_distance)
-    return torch.clamp(relative_pos + span, 0, 2 * span - 1)
-
-
-def bucket_reach(config: DebertaLiteConfig) -> tuple[int, ...]:
-    """reach[d]: the bucket of distance d, for d up to the distance whose bucket is the table's last row.
-
-    Computed once per model, on the CPU, with make_log_bucket_position itself (its float32 boundaries): reachable_rows
-    then reads Python integers, which torch.compile treats as constants, instead of reading a tensor back to the host
-    (a graph break) on every forward.
-    """
-    if config.position_buckets <= 0:
-        return ()
-    with torch.device("cpu"):  # also when the model is built on the meta device (from_pretrained)
-        distances = torch.arange(config.max_relative_distance + 1)
-        reach = make_log_bucket_position(distances, config.position_buckets, config.max_relative_distance)
-    return tuple(reach.tolist())
-
-
-def reachable_rows(seq_len: int, config: DebertaLiteConfig, reach: tuple[int, ...] = ()) -> tuple[int, int]:
-    """[first, last]: the rows of the relative table that a sequence of `seq_len` tokens can index.
-
-    Short inputs never reach the outer rows (128 tokens with 256 buckets use 255 of 512), so only these rows are
-    projected and multiplied; the rest would be computed and never read. `reach` is `bucket_reach(config)`.
-    """
-    span = config.relative_span
-    if not isinstance(seq_len, int):  # symbolic (torch.export / ONNX with a dynamic length): keep every row
-        return 0, 2 * span - 1
-    distance = seq_len - 1
-    if config.position_buckets > 0:
-        distance = reach[min(distance, len(reach) - 1)]
-    return max(0, span - distance), min(2 * span - 1, span + distance)
-
-
-def pair_attention_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """DeBERTa masks the outer product m_i·m_j: padded query rows are fully masked too, as in DebertaV2.
-
-    (B, N) padding mask -> bool (B, 1, N, N), True = attend; None stays None.
-    """
-    if attention_mask is None:
-        return None
-    keep = attention_mask.bool()
-    return keep[:, None, :, None] & keep[:, None, None, :]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Attention kernels: one signature, picked at run time by `config._attn_implementation`
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    position_bias: torch.Tensor | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference kernel. attention_mask: bool (B, 1, Nq, Nk), True = attend; position_bias: (B, nh, Nq, Nk)."""
-    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, Nq, Nk)
-    if position_bias is not None:
-        attn_weights = attn_weights + position_bias
-    if attention_mask is not None:
-        # The dtype minimum, not -inf: a fully masked (padding) row then softmaxes to a finite uniform row.
-        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, Nq, nh, d)
-    return attn_output, attn_weights
-
-
-class DisentangledBias:
-    """c2p + p2c described by two (N, 2k) tables per head and the shared relative index, without an N x N tensor.
-
-    c2p[i, j] = C2P[i, delta(i, j)] and p2c[i, j] = P2C[j, delta(i, j)], with C2P = Qc·Krᵀ and P2C = Kc·Qrᵀ already
-    divided by sqrt(d·s). `full()` materialises (B, nh, Nq, Nk) for kernels that take an additive bias; `rows()`
-    builds only a block of query rows, for the memory-lean kernel.
-    """
-
-    def __init__(self, c2p: torch.Tensor | None, p2c: torch.Tensor | None, relative_pos: torch.LongTensor):
-        self.c2p = c2p  # (B, nh, Nq, 2k)
-        self.p2c = p2c  # (B, nh, Nk, 2k)
-        self.relative_pos = relative_pos  # (Nq, Nk)
-
-    def rows(self, start: int, end: int) -> torch.Tensor:
-        """Bias of query rows [start, end): (B, nh, end - start, Nk), a new tensor the caller may modify in place."""
-        index = self.relative_pos[start:end]  # (q, Nk); only ever broadcast over batch and heads
-        bias = None
-        if self.c2p is not None:
-            c2p = self.c2p[:, :, start:end]
-            bias = torch.gather(c2p, -1, index.expand(*c2p.shape[:2], *index.shape))
-        if self.p2c is not None:
-            # Gathered along P2C's rows, (Nk, q), then transposed: on CPU this is 1.7x faster than gathering a
-            # transposed (2k, Nk) table along its first axis, whose reads jump between rows. The index is made
-            # contiguous per block (0.4 ms at 256 x 2048) because gather reads a strided index slowly.
-            index_t = index.transpose(0, 1).contiguous()  # (Nk, q)
-            p2c = torch.gather(self.p2c, -1, index_t.expand(*self.p2c.shape[:2], *index_t.shape)).transpose(-1, -2)
-            bias = p2c.contiguous() if bias is None else bias.add_(p2c)
-        return bias
-
-    def full(self) -> torch.Tensor:
-        return self.rows(0, self.relative_pos.shape[0])
-
-
-def chunked_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    disentangled_bias: DisentangledBias | None = None,
-    attention_chunk_size: int = 256,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """Memory-lean exact attention: SDPA over blocks of query rows, each with its own slice of the bias.
-
-    Nothing of size (B, nh, N, N) exists: each block's bias is built from the (N, 2k) tables. In training every
-    block is checkpointed, so its bias and scores are recomputed in the backward pass instead of kept.
-    `attention_chunk_size` (a forward keyword argument) sets the rows per block.
-    """
-    query_len = query.shape[2]
-    min_value = torch.finfo(query.dtype).min
-    masked_out = None if attention_mask is None else ~attention_mask  # inverted once, not per block
-
-    def block(query_rows: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        bias = disentangled_bias.rows(start, end).to(query_rows.dtype)  # (B, nh, q, Nk)
-        if masked_out is not None:
-            bias = bias.masked_fill_(masked_out[:, :, start:end], min_value)
-        return nn.functional.scaled_dot_product_attention(
-            query_rows, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling
-        )
-
-    outputs = []
-    for start in range(0, query_len, attention_chunk_size):
-        end = min(start + attention_chunk_size, query_len)
-        rows = query[:, :, start:end]
-        if torch.is_grad_enabled() and (rows.requires_grad or key.requires_grad or value.requires_grad):
-            outputs.append(checkpoint(block, rows, start, end, use_reentrant=False))
-        else:
-            outputs.append(block(rows, start, end))
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (B, Nq, nh, d)
-
-
-def flex_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    disentangled_bias: DisentangledBias | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """`flex_attention` with a score_mod that reads c2p and p2c from the (N, 2k) tables: no N x N tensor at all.
-
-    Meant for GPUs, where the call is compiled into one fused kernel with backward. On a CPU, torch runs it
-    uncompiled (it materialises the scores) and forward only; there it is a correctness reference, not a fast path.
-    It has no attention dropout.
-    """
-    if dropout > 0:
-        raise ValueError("attn_implementation='deberta_flex' has no attention dropout: set "
-                         "attention_probs_dropout_prob=0 or use 'sdpa'")
-    c2p, p2c, relative_pos = disentangled_bias.c2p, disentangled_bias.p2c, disentangled_bias.relative_pos
-    min_value = torch.finfo(query.dtype).min
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        delta = relative_pos[q_idx, kv_idx]
-        if c2p is not None:
-            score = score + c2p[b, h, q_idx, delta]
-        if p2c is not None:
-            score = score + p2c[b, h, kv_idx, delta]
-        if attention_mask is not None:
-            score = torch.where(attention_mask[b, 0, q_idx, kv_idx], score, min_value)
-        return score
-
-    attend = compiled_flex_attention() if query.is_cuda else flex_attention
-    attn_output = attend(query, key, value, score_mod=score_mod, scale=scaling)
-    return attn_output.transpose(1, 2).contiguous(), None  # (B, Nq, nh, d)
-
-
-@functools.cache
-def compiled_flex_attention():
-    return torch.compile(flex_attention, dynamic=False)
-
-
-# Kernels that read the bias as (N, 2k) tables; every other kernel receives the materialised `position_bias`.
-# With the default "sdpa", inputs this long switch to the chunked kernel; "eager" and other kernels never switch.
-LEAN_ATTENTION_MIN_LENGTH = 1024
-chunked_attention_forward.takes_disentangled_bias = True
-flex_attention_forward.takes_disentangled_bias = True
-AttentionInterface.register("deberta_chunked", chunked_attention_forward)
-AttentionInterface.register("deberta_flex", flex_attention_forward)
 
 
 # ----------------------------------------------------------------------------------------------------------------

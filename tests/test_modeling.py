@@ -10,7 +10,7 @@ from deberta_lite import (
     DebertaLiteForTokenClassification,
     DebertaLiteModel,
 )
-from deberta_lite.modeling_deberta_lite import build_relative_position, make_log_bucket_position
+from deberta_lite.attention import build_relative_position, make_log_bucket_position
 
 from conftest import padded_batch, tiny_config
 
@@ -424,7 +424,7 @@ def test_bf16_autocast_forward_and_backward_are_close_to_fp32(length):
                                             max_position_embeddings=512)])
 @pytest.mark.parametrize("length", [1, 2, 7, 12, 64, 200, 300, 700])
 def test_reachable_rows_are_exactly_the_rows_the_index_uses(overrides, length):
-    from deberta_lite.modeling_deberta_lite import bucket_reach, reachable_rows
+    from deberta_lite.attention import bucket_reach, reachable_rows
 
     config = tiny_config(**overrides)
     index = build_relative_position(length, length, config, torch.device("cpu"))

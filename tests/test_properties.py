@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from deberta_lite import DebertaLiteModel
 from deberta_lite.masking import DataCollatorForDebertaMLM
-from deberta_lite.modeling_deberta_lite import build_relative_position, make_log_bucket_position
+from deberta_lite.attention import build_relative_position, make_log_bucket_position
 
 from conftest import tiny_config
 
