@@ -9,6 +9,7 @@ transformers and the configuration file.
 """
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -126,34 +127,54 @@ def eager_attention_forward(
 class DisentangledBias:
     """c2p + p2c described by two (N, 2k) tables per head and the shared relative index, without an N x N tensor.
 
-    c2p[i, j] = C2P[i, delta(i, j)] and p2c[i, j] = P2C[j, delta(i, j)], with C2P = Qc·Krᵀ and P2C = Kc·Qrᵀ already
-    divided by sqrt(d·s). `full()` materialises (B, nh, Nq, Nk) for kernels that take an additive bias; `rows()`
-    builds only a block of query rows, for the memory-lean kernel.
+    c2p[i, j] = C2P[i, delta(i, j)] and p2c[i, j] = P2C[j, delta(i, j)], with the tables C2P = Qc·Krᵀ and
+    P2C = Kc·Qrᵀ already divided by sqrt(d·s). Every kernel reads the bias through this class: `full()` materialises
+    (B, nh, Nq, Nk) for kernels that take an additive bias, `rows()` builds a block of query rows for the
+    memory-lean kernel, and `score_mod()` looks entries up one by one for flex attention.
     """
 
-    def __init__(self, c2p: torch.Tensor | None, p2c: torch.Tensor | None, relative_pos: torch.LongTensor):
-        self.c2p = c2p  # (B, nh, Nq, 2k)
-        self.p2c = p2c  # (B, nh, Nk, 2k)
+    def __init__(
+        self, c2p_table: torch.Tensor | None, p2c_table: torch.Tensor | None, relative_pos: torch.LongTensor
+    ):
+        self.c2p_table = c2p_table  # (B, nh, Nq, 2k)
+        self.p2c_table = p2c_table  # (B, nh, Nk, 2k)
         self.relative_pos = relative_pos  # (Nq, Nk)
 
     def rows(self, start: int, end: int) -> torch.Tensor:
         """Bias of query rows [start, end): (B, nh, end - start, Nk), a new tensor the caller may modify in place."""
         index = self.relative_pos[start:end]  # (q, Nk); only ever broadcast over batch and heads
         bias = None
-        if self.c2p is not None:
-            c2p = self.c2p[:, :, start:end]
-            bias = torch.gather(c2p, -1, index.expand(*c2p.shape[:2], *index.shape))
-        if self.p2c is not None:
+        if self.c2p_table is not None:
+            c2p_rows = self.c2p_table[:, :, start:end]
+            bias = torch.gather(c2p_rows, -1, index.expand(*c2p_rows.shape[:2], *index.shape))
+        if self.p2c_table is not None:
             # Gathered along P2C's rows, (Nk, q), then transposed: on CPU this is 1.7x faster than gathering a
             # transposed (2k, Nk) table along its first axis, whose reads jump between rows. The index is made
             # contiguous per block (0.4 ms at 256 x 2048) because gather reads a strided index slowly.
             index_t = index.transpose(0, 1).contiguous()  # (Nk, q)
-            p2c = torch.gather(self.p2c, -1, index_t.expand(*self.p2c.shape[:2], *index_t.shape)).transpose(-1, -2)
+            table = self.p2c_table
+            p2c = torch.gather(table, -1, index_t.expand(*table.shape[:2], *index_t.shape)).transpose(-1, -2)
             bias = p2c.contiguous() if bias is None else bias.add_(p2c)
         return bias
 
     def full(self) -> torch.Tensor:
         return self.rows(0, self.relative_pos.shape[0])
+
+    def score_mod(self, attention_mask: torch.Tensor | None, min_value: float) -> Callable:
+        """flex_attention's score_mod: the score of (b, h, q, kv) plus its c2p and p2c entries, then the mask."""
+        c2p_table, p2c_table, relative_pos = self.c2p_table, self.p2c_table, self.relative_pos
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            delta = relative_pos[q_idx, kv_idx]
+            if c2p_table is not None:
+                score = score + c2p_table[b, h, q_idx, delta]
+            if p2c_table is not None:
+                score = score + p2c_table[b, h, kv_idx, delta]
+            if attention_mask is not None:
+                score = torch.where(attention_mask[b, 0, q_idx, kv_idx], score, min_value)
+            return score
+
+        return score_mod
 
 
 def chunked_attention_forward(
@@ -217,21 +238,9 @@ def flex_attention_forward(
     if dropout > 0:
         raise ValueError("attn_implementation='deberta_flex' has no attention dropout: set "
                          "attention_probs_dropout_prob=0 or use 'sdpa'")
-    c2p, p2c, relative_pos = disentangled_bias.c2p, disentangled_bias.p2c, disentangled_bias.relative_pos
-    min_value = torch.finfo(query.dtype).min
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        delta = relative_pos[q_idx, kv_idx]
-        if c2p is not None:
-            score = score + c2p[b, h, q_idx, delta]
-        if p2c is not None:
-            score = score + p2c[b, h, kv_idx, delta]
-        if attention_mask is not None:
-            score = torch.where(attention_mask[b, 0, q_idx, kv_idx], score, min_value)
-        return score
-
-    attend = compiled_flex_attention() if query.is_cuda else flex_attention
-    attn_output = attend(query, key, value, score_mod=score_mod, scale=scaling)
+    score_mod = disentangled_bias.score_mod(attention_mask, torch.finfo(query.dtype).min)
+    flex = compiled_flex_attention() if query.is_cuda else flex_attention
+    attn_output = flex(query, key, value, score_mod=score_mod, scale=scaling)
     return attn_output.transpose(1, 2).contiguous(), None  # (B, Nq, nh, d)
 
 
@@ -240,10 +249,26 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-# Kernels that read the bias as (N, 2k) tables; every other kernel receives the materialised `position_bias`.
-# With the default "sdpa", inputs this long switch to the chunked kernel; "eager" and other kernels never switch.
+# ----------------------------------------------------------------------------------------------------------------
+# The registry, and the one place that picks a kernel
+# ----------------------------------------------------------------------------------------------------------------
+
+# Kernels that read the bias as (N, 2k) tables (the `disentangled_bias` argument); every other kernel, eager and sdpa
+# included, receives it materialised as an additive `position_bias`.
+TABLE_KERNELS = {"deberta_chunked": chunked_attention_forward, "deberta_flex": flex_attention_forward}
+for _name, _kernel in TABLE_KERNELS.items():
+    AttentionInterface.register(_name, _kernel)
+
+# With the default "sdpa", inputs this long switch to the chunked kernel: no N x N scores, and SDPA per block.
 LEAN_ATTENTION_MIN_LENGTH = 1024
-chunked_attention_forward.takes_disentangled_bias = True
-flex_attention_forward.takes_disentangled_bias = True
-AttentionInterface.register("deberta_chunked", chunked_attention_forward)
-AttentionInterface.register("deberta_flex", flex_attention_forward)
+
+
+def kernel_for_length(implementation: str, query_len: int) -> str:
+    """The kernel that runs for `implementation` (config._attn_implementation) at this query length.
+
+    "sdpa" hands long inputs to "deberta_chunked"; a symbolic length (torch.export, ONNX) keeps sdpa, because the
+    chunked kernel loops over a concrete number of blocks. Every other choice runs as asked.
+    """
+    if implementation == "sdpa" and isinstance(query_len, int) and query_len >= LEAN_ATTENTION_MIN_LENGTH:
+        return "deberta_chunked"
+    return implementation

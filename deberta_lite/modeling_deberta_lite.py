@@ -34,6 +34,7 @@ from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
     BaseModelOutput,
     MaskedLMOutput,
@@ -42,13 +43,11 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.import_utils import is_torchdynamo_compiling
 from transformers.utils.output_capturing import (
-    _active_collector,
     capture_outputs,
     maybe_install_capturing_hooks,
     resolve_hidden_states_indices,
@@ -56,15 +55,17 @@ from transformers.utils.output_capturing import (
 )
 
 from .attention import (
-    LEAN_ATTENTION_MIN_LENGTH,
+    TABLE_KERNELS,
     DisentangledBias,
     bucket_reach,
     build_relative_position,
     eager_attention_forward,
+    kernel_for_length,
     pair_attention_mask,
     reachable_rows,
 )
 from .configuration_deberta_lite import DebertaLiteConfig
+from .internals import attention_implementation, outside_output_capture
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,13 +224,9 @@ class DebertaLiteAttention(nn.Module):
         key = self._heads(self.key_proj(hidden_states))  # (B, nh, Nk, d)
         value = self._heads(self.value_proj(hidden_states))  # (B, nh, Nk, d)
         bias = self.disentangled_bias(query, key, relative_pos, rel_embeddings)
-
-        implementation = self.config._attn_implementation
-        # A symbolic length (torch.export) keeps sdpa: the chunked kernel loops over a concrete number of blocks.
-        if implementation == "sdpa" and isinstance(query.shape[2], int) and query.shape[2] >= LEAN_ATTENTION_MIN_LENGTH:
-            implementation = "deberta_chunked"  # long inputs: never materialise N x N scores
+        implementation = kernel_for_length(attention_implementation(self.config), query.shape[2])
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        if getattr(attention_interface, "takes_disentangled_bias", False):
+        if implementation in TABLE_KERNELS:
             kwargs["disentangled_bias"] = bias
         else:
             kwargs["position_bias"] = bias.full()
@@ -579,17 +576,11 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         pair_mask = pair_attention_mask(attention_mask)
         last_layer = self.deberta.layers[-1]
         query_states = hidden_states + absolute
-        # These calls run outside the encoder's output-capturing scope, yet its hooks on the layer fire. An empty
-        # collector keeps them inert, as no collector does, and unlike no collector it can be traced by
-        # torch.compile (the hooks would otherwise read a ContextVar, which dynamo cannot trace).
-        token = _active_collector.set({})
-        try:
+        with outside_output_capture():  # the layer's capture hooks fire, but nothing collects here
             for _ in range(self.config.emd_num_layers):
                 query_states = last_layer(
                     hidden_states, pair_mask, relative_pos, rel_embeddings, query_states, padding_mask=attention_mask
                 )
-        finally:
-            _active_collector.reset(token)
         return query_states
 
     def _check_emd_length(self, seq_len: int, position_ids: torch.LongTensor | None):

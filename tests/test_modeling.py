@@ -344,18 +344,18 @@ def test_flex_kernel_refuses_attention_dropout():
 
 
 def test_default_backend_switches_to_the_chunked_kernel_for_long_inputs(monkeypatch):
-    from deberta_lite import modeling_deberta_lite
+    from deberta_lite import attention
 
     calls = []
-    original = modeling_deberta_lite.DisentangledBias.full
+    original = attention.DisentangledBias.full
 
     def counting_full(self):
         calls.append(self.relative_pos.shape)
         return original(self)
 
-    monkeypatch.setattr(modeling_deberta_lite.DisentangledBias, "full", counting_full)
+    monkeypatch.setattr(attention.DisentangledBias, "full", counting_full)
     model = DebertaLiteModel(tiny_config()).eval()  # sdpa by default
-    length = modeling_deberta_lite.LEAN_ATTENTION_MIN_LENGTH
+    length = attention.LEAN_ATTENTION_MIN_LENGTH
     input_ids = torch.randint(3, 100, (1, length))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[0, -100:] = 0
