@@ -47,10 +47,12 @@ def build_relative_position(
 
     Returns a (query_size, key_size) index shared by every layer, head and batch row.
     """
-    span = config.relative_span
+    span = config.att_span
     relative_pos = torch.arange(query_size, device=device)[:, None] - torch.arange(key_size, device=device)[None, :]
     if config.position_buckets > 0:
-        relative_pos = make_log_bucket_position(relative_pos, config.position_buckets, config.max_relative_distance)
+        relative_pos = make_log_bucket_position(
+            relative_pos, config.position_buckets, config.effective_max_relative_positions
+        )
     return torch.clamp(relative_pos + span, 0, 2 * span - 1)
 
 
@@ -64,8 +66,8 @@ def bucket_reach(config: DebertaLiteConfig) -> tuple[int, ...]:
     if config.position_buckets <= 0:
         return ()
     with torch.device("cpu"):  # also when the model is built on the meta device (from_pretrained)
-        distances = torch.arange(config.max_relative_distance + 1)
-        reach = make_log_bucket_position(distances, config.position_buckets, config.max_relative_distance)
+        distances = torch.arange(config.effective_max_relative_positions + 1)
+        reach = make_log_bucket_position(distances, config.position_buckets, config.effective_max_relative_positions)
     return tuple(reach.tolist())
 
 
@@ -75,7 +77,7 @@ def reachable_rows(seq_len: int, config: DebertaLiteConfig, reach: tuple[int, ..
     Short inputs never reach the outer rows (128 tokens with 256 buckets use 255 of 512), so only these rows are
     projected and multiplied; the rest would be computed and never read. `reach` is `bucket_reach(config)`.
     """
-    span = config.relative_span
+    span = config.att_span
     if not isinstance(seq_len, int):  # symbolic (torch.export / ONNX with a dynamic length): keep every row
         return 0, 2 * span - 1
     distance = seq_len - 1

@@ -145,15 +145,17 @@ class DebertaLiteConfig(PreTrainedConfig):
         return config_dict, kwargs
 
     @property
-    def relative_span(self) -> int:
-        """k: the relative table has 2k rows and relative indices are clamped to [0, 2k)."""
+    def att_span(self) -> int:
+        """k, the attention span: the relative-position table has 2k rows, and relative indices are clamped to
+        [0, 2k). It is `position_buckets` with log buckets, else `effective_max_relative_positions`."""
         if self.position_buckets > 0:
             return self.position_buckets
-        return self.max_relative_distance
+        return self.effective_max_relative_positions
 
     @property
-    def max_relative_distance(self) -> int:
-        """The distance the log buckets reach their last bucket at: max_relative_positions, or the absolute size."""
+    def effective_max_relative_positions(self) -> int:
+        """`max_relative_positions`, with "unset" (< 1) meaning `max_position_embeddings`: the distance at which the
+        log buckets reach their last bucket."""
         return self.max_relative_positions if self.max_relative_positions >= 1 else self.max_position_embeddings
 
     def _check_values(self):
@@ -195,10 +197,10 @@ class DebertaLiteConfig(PreTrainedConfig):
             raise ValueError(f"conv_kernel_size must be odd (the output keeps the input length), got {self.conv_kernel_size}")
         if self.conv_kernel_size and self.hidden_size % self.conv_groups:
             raise ValueError(f"conv_groups ({self.conv_groups}) must divide hidden_size ({self.hidden_size})")
-        if self.position_buckets > 0 and self.max_relative_distance - 1 <= self.position_buckets // 2:
+        if self.position_buckets > 0 and self.effective_max_relative_positions - 1 <= self.position_buckets // 2:
             raise ValueError(
                 f"position_buckets={self.position_buckets} needs max_relative_positions (effective "
-                f"{self.max_relative_distance}) greater than position_buckets // 2 + 1 for the log buckets to be defined"
+                f"{self.effective_max_relative_positions}) greater than position_buckets // 2 + 1 for the log buckets to be defined"
             )
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id must be in [0, vocab_size={self.vocab_size}) or None, got {self.pad_token_id}")

@@ -1,24 +1,29 @@
 """PyTorch DeBERTa-lite: a DeBERTa-v2/v3 encoder with disentangled attention in every layer.
 
-Numerically the same model as transformers' DebertaV2 (see ../shared/docs/deberta-reference.md and
-`transformers/models/deberta_v2`), with these differences in how it is computed:
+Numerically the same model as transformers' DebertaV2 (`transformers/models/deberta_v2`), and its checkpoints load
+directly. Where each piece of the math lives:
 
-- Relative positions are bucketed once per forward, not once per layer.
-- c2p and p2c are computed as (N, 2k) tables per head (query/key content against the projected relative table),
-  scaled *before* the lookup, and turned into an additive `position_bias` by a gather with an (N, N) index that is
-  only ever broadcast (never materialised per batch and head). The relative-table projections are not repeated
-  over the batch.
-- The attention kernel is a runtime choice through transformers' `AttentionInterface`: `eager` (the specification,
-  returns attention weights), `sdpa` (the bias passed as an additive mask), `deberta_chunked` (memory-lean: SDPA per
-  block of query rows, each block's bias read from the tables) and `deberta_flex` (flex_attention reading the tables
-  in a score_mod; for GPUs). Every kernel has one signature.
-- The absolute position table always exists, because the enhanced mask decoder needs it even when
-  `position_biased_input=False`.
-- The optional v2 convolution lives in the first layer that it follows, so captured hidden states include it.
+- attention.py: relative positions (log buckets, the (N, N) relative index delta shared by every layer, the rows of
+  the relative table an input can reach), `DisentangledBias` (c2p and p2c looked up in (N, 2k) tables), and the
+  kernels: `eager` (the specification), `sdpa`, `deberta_chunked` (memory-lean, the default from 1024 tokens) and
+  `deberta_flex` (flex_attention, for GPUs), all with one signature.
+- this file, top to bottom: embeddings -> attention (projections, the C2P/P2C tables, the kernel call) -> layer
+  (post-LN, the v2 convolution after the first one) -> encoder and pretrained base (DebertaV2 names renamed on load)
+  -> masked LM with the enhanced mask decoder -> task heads.
+
+How it differs from DebertaV2 in how it computes, not in what:
+
+- Relative positions are bucketed once per forward, not once per layer, and only reachable table rows are projected.
+- c2p and p2c are (N, 2k) tables per head, scaled before the lookup, and become an additive bias through a gather
+  with an (N, N) index that is only ever broadcast. The relative-table projections are not repeated over the batch.
+- The attention kernel is a runtime choice through transformers' `AttentionInterface`.
+- The absolute position table exists only in a model that reads it: the input (`position_biased_input`) or the
+  masked LM's enhanced mask decoder.
 - Hidden states and attentions are captured by hooks (`capture_outputs`), not threaded through the layers.
 
-This file is copied next to the weights by `save_pretrained` (remote code): it imports only torch, transformers and
-the configuration file beside it.
+This file is copied next to the weights by `save_pretrained` (remote code), with the files it imports relatively
+(the configuration file, attention.py, internals.py); otherwise it imports only torch, transformers and
+safetensors.
 """
 
 import importlib.util
@@ -416,7 +421,7 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         self.embeddings = DebertaLiteEmbeddings(config, with_position_embeddings)
         self.layers = nn.ModuleList([DebertaLiteLayer(config, i) for i in range(config.num_hidden_layers)])
         # One relative-position table P (2k rows) shared by all layers; each layer projects it with its own weights.
-        self.rel_embeddings = nn.Embedding(2 * config.relative_span, config.hidden_size)
+        self.rel_embeddings = nn.Embedding(2 * config.att_span, config.hidden_size)
         self.rel_norm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
             if config.norm_rel_ebd == "layer_norm"

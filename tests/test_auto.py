@@ -30,7 +30,7 @@ from deberta_lite import (
 )
 from deberta_lite.configuration_deberta_lite import AUTO_MAP
 
-from conftest import padded_batch, tiny_config
+from conftest import ROOT, padded_batch, tiny_config
 
 
 HEADS = [
@@ -77,6 +77,9 @@ def test_saved_directory_carries_remote_code_and_full_auto_map(tmp_path):
     for class_path in AUTO_MAP.values():
         module, _ = class_path.split(".")
         assert (tmp_path / f"{module}.py").exists()
+    # The modules the modeling file imports relatively travel with it.
+    for module in ("attention", "internals"):
+        assert (tmp_path / f"{module}.py").read_text() == (ROOT / "deberta_lite" / f"{module}.py").read_text()
     modeling_source = (tmp_path / "modeling_deberta_lite.py").read_text()
     assert "from .configuration_deberta_lite import" in modeling_source and "deberta_lite." not in modeling_source
 

@@ -49,7 +49,7 @@ def test_defaults_are_deberta_v3_base():
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (
         768, 12, 12, 3072)
     assert config.vocab_size == 128100 and config.type_vocab_size == 0 and config.max_position_embeddings == 512
-    assert config.position_buckets == 256 and config.relative_span == 256 and config.share_att_key
+    assert config.position_buckets == 256 and config.att_span == 256 and config.share_att_key
     assert config.norm_rel_ebd == "layer_norm" and not config.position_biased_input
     assert sorted(config.pos_att_type) == ["c2p", "p2c"] and config.layer_norm_eps == 1e-7
     assert config.embedding_size == 768 and config.pooler_hidden_size == 768
@@ -59,10 +59,10 @@ def test_pos_att_type_string_is_normalised():
     assert tiny_config(pos_att_type="P2C | c2p").pos_att_type == ["p2c", "c2p"]
 
 
-def test_relative_span_falls_back_like_debertav2():
-    assert tiny_config(position_buckets=-1, max_relative_positions=-1, max_position_embeddings=48).relative_span == 48
-    assert tiny_config(position_buckets=-1, max_relative_positions=20).relative_span == 20
-    assert tiny_config(position_buckets=8, max_relative_positions=20).relative_span == 8
+def test_att_span_falls_back_like_debertav2():
+    assert tiny_config(position_buckets=-1, max_relative_positions=-1, max_position_embeddings=48).att_span == 48
+    assert tiny_config(position_buckets=-1, max_relative_positions=20).att_span == 20
+    assert tiny_config(position_buckets=8, max_relative_positions=20).att_span == 8
 
 
 @pytest.mark.parametrize(

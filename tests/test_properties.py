@@ -60,10 +60,10 @@ def test_relative_index_stays_inside_the_table(query_size, key_size, setting):
     config = tiny_config(position_buckets=buckets, max_relative_positions=max_relative)
     index = build_relative_position(query_size, key_size, config, torch.device("cpu"))
     assert index.shape == (query_size, key_size)
-    assert int(index.min()) >= 0 and int(index.max()) < 2 * config.relative_span
+    assert int(index.min()) >= 0 and int(index.max()) < 2 * config.att_span
     # The diagonal (distance 0) reads row k, the table's centre, for every bucketing.
     diagonal = index.diagonal()
-    assert bool((diagonal == config.relative_span).all())
+    assert bool((diagonal == config.att_span).all())
 
 
 class CharTokenizer:
