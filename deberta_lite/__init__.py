@@ -5,53 +5,24 @@ works in-process without `trust_remote_code`, and marks each class for remote co
 configuration and modeling files next to the weights for people who only have transformers.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+import transformers
 
-from .configuration_deberta_lite import DebertaLiteConfig
-from .modeling_deberta_lite import (
-    DebertaLiteForMaskedLM,
-    DebertaLiteForMultipleChoice,
-    DebertaLiteForQuestionAnswering,
-    DebertaLiteForSequenceClassification,
-    DebertaLiteForTokenClassification,
-    DebertaLiteModel,
-    DebertaLitePreTrainedModel,
-)
+from . import modeling_deberta_lite
+from .configuration_deberta_lite import HEADS, DebertaLiteConfig, Head
+from .modeling_deberta_lite import *  # noqa: F403  (DebertaLitePreTrainedModel and every class of HEADS)
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
+# Auto class -> DeBERTa-lite class, from the one table of heads.
 AUTO_CLASSES = {
-    AutoModel: DebertaLiteModel,
-    AutoModelForMaskedLM: DebertaLiteForMaskedLM,
-    AutoModelForSequenceClassification: DebertaLiteForSequenceClassification,
-    AutoModelForTokenClassification: DebertaLiteForTokenClassification,
-    AutoModelForQuestionAnswering: DebertaLiteForQuestionAnswering,
-    AutoModelForMultipleChoice: DebertaLiteForMultipleChoice,
+    getattr(transformers, head.auto_class): getattr(modeling_deberta_lite, name) for name, head in HEADS.items()
 }
 
-AutoConfig.register(DebertaLiteConfig.model_type, DebertaLiteConfig, exist_ok=True)
+transformers.AutoConfig.register(DebertaLiteConfig.model_type, DebertaLiteConfig, exist_ok=True)
 DebertaLiteConfig.register_for_auto_class()
 for _auto_class, _model_class in AUTO_CLASSES.items():
     _auto_class.register(DebertaLiteConfig, _model_class, exist_ok=True)
     _model_class.register_for_auto_class(_auto_class.__name__)
 
-__all__ = [
-    "AUTO_CLASSES",
-    "DebertaLiteConfig",
-    "DebertaLiteForMaskedLM",
-    "DebertaLiteForMultipleChoice",
-    "DebertaLiteForQuestionAnswering",
-    "DebertaLiteForSequenceClassification",
-    "DebertaLiteForTokenClassification",
-    "DebertaLiteModel",
-    "DebertaLitePreTrainedModel",
-]
+__all__ = ["AUTO_CLASSES", "HEADS", "DebertaLiteConfig", "Head", *modeling_deberta_lite.__all__]

@@ -9,6 +9,7 @@ what transformers itself requires (huggingface_hub, packaging).
 """
 
 from dataclasses import field
+from typing import NamedTuple
 
 import transformers
 from packaging.version import Version
@@ -31,17 +32,29 @@ from transformers import PreTrainedConfig  # noqa: E402
 from transformers.activations import ACT2FN  # noqa: E402
 
 
+class Head(NamedTuple):
+    auto_class: str  # the transformers Auto class that loads it
+    task: str  # its task: a transformers pipeline task, or optimum's name where transformers has no pipeline
+
+
+# Every model class of the package, once. The Auto registration, `auto_map`, model cards, ONNX export, conversion
+# to and from DebertaV2 (DebertaV2Xxx <-> DebertaLiteXxx) and the tests all read this table: a new head is one line
+# here and its class in the modeling file.
+HEADS = {
+    "DebertaLiteModel": Head("AutoModel", "feature-extraction"),
+    "DebertaLiteForMaskedLM": Head("AutoModelForMaskedLM", "fill-mask"),
+    "DebertaLiteForSequenceClassification": Head("AutoModelForSequenceClassification", "text-classification"),
+    "DebertaLiteForTokenClassification": Head("AutoModelForTokenClassification", "token-classification"),
+    "DebertaLiteForQuestionAnswering": Head("AutoModelForQuestionAnswering", "question-answering"),
+    "DebertaLiteForMultipleChoice": Head("AutoModelForMultipleChoice", "multiple-choice"),
+}
+
 # Written into every saved config so `AutoXxx.from_pretrained(dir, trust_remote_code=True)` finds each class in the
 # copied source files. transformers only records the class that was saved; a user who saved the base model must
 # still be able to load the MLM or classification head from the same directory.
 AUTO_MAP = {
     "AutoConfig": "configuration_deberta_lite.DebertaLiteConfig",
-    "AutoModel": "modeling_deberta_lite.DebertaLiteModel",
-    "AutoModelForMaskedLM": "modeling_deberta_lite.DebertaLiteForMaskedLM",
-    "AutoModelForSequenceClassification": "modeling_deberta_lite.DebertaLiteForSequenceClassification",
-    "AutoModelForTokenClassification": "modeling_deberta_lite.DebertaLiteForTokenClassification",
-    "AutoModelForQuestionAnswering": "modeling_deberta_lite.DebertaLiteForQuestionAnswering",
-    "AutoModelForMultipleChoice": "modeling_deberta_lite.DebertaLiteForMultipleChoice",
+    **{head.auto_class: f"modeling_deberta_lite.{name}" for name, head in HEADS.items()},
 }
 
 POS_ATT_TYPES = ("c2p", "p2c")
@@ -222,11 +235,10 @@ NOT_CARRIED = ("model_type", "architectures", "transformers_version", "min_trans
 
 
 def lite_architecture(deberta_v2_architecture: str) -> str:
-    """DebertaV2ForX -> DebertaLiteForX, for the classes both packages have (the heads of AUTO_MAP)."""
+    """DebertaV2ForX -> DebertaLiteForX, for the classes both packages have (HEADS)."""
     name = deberta_v2_architecture.replace("DebertaV2", "DebertaLite", 1)
-    if f"modeling_deberta_lite.{name}" not in AUTO_MAP.values():
-        supported = sorted(path.split(".")[1].replace("DebertaLite", "DebertaV2") for path in AUTO_MAP.values()
-                           if path.startswith("modeling_"))
+    if name not in HEADS:
+        supported = sorted(head.replace("DebertaLite", "DebertaV2") for head in HEADS)
         raise ValueError(f"architecture {deberta_v2_architecture!r} has no DeBERTa-lite class; supported: {supported}")
     return name
 
@@ -252,4 +264,4 @@ def config_dict_from_deberta_v2(deberta_v2_config: dict) -> dict:
     return {**values, "architectures": architectures or None}
 
 
-__all__ = ["DebertaLiteConfig"]
+__all__ = ["HEADS", "DebertaLiteConfig", "Head"]

@@ -18,15 +18,13 @@ import torch
 import transformers
 from transformers import AutoConfig
 
-from .configuration_deberta_lite import DebertaLiteConfig
-from .hub import AUTO_CLASS, PIPELINE_TAGS
+from .configuration_deberta_lite import HEADS, DebertaLiteConfig
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
 
 
-# Task names are the pipeline tags the model card uses (hub.PIPELINE_TAGS); multiple choice has no pipeline tag, so
-# it takes optimum's task name. Each task loads through its architecture's Auto class (hub.AUTO_CLASS).
-TASK_OF_ARCHITECTURE = {**PIPELINE_TAGS, "DebertaLiteForMultipleChoice": "multiple-choice"}
-TASKS = {task: getattr(transformers, AUTO_CLASS[architecture]) for architecture, task in TASK_OF_ARCHITECTURE.items()}
+# Every head exports, under its task name, loaded through its Auto class (both from the table of heads).
+TASK_OF_ARCHITECTURE = {name: head.task for name, head in HEADS.items()}
+TASKS = {head.task: getattr(transformers, head.auto_class) for head in HEADS.values()}
 # Input shapes: (batch, sequence), or (batch, choices, sequence) for multiple choice. The traced sizes differ from
 # each other so that the exporter cannot take two axes for one; the checks include a length longer than the traced.
 TRACE_SHAPES = {"multiple-choice": (2, 3, 16)}

@@ -15,24 +15,9 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 from transformers import Trainer
 
 from .checkpoints import CrashSafeCheckpoints
-from .configuration_deberta_lite import MIN_TRANSFORMERS_VERSION
+from .configuration_deberta_lite import HEADS, MIN_TRANSFORMERS_VERSION
 
 
-PIPELINE_TAGS = {
-    "DebertaLiteForMaskedLM": "fill-mask",
-    "DebertaLiteForSequenceClassification": "text-classification",
-    "DebertaLiteForTokenClassification": "token-classification",
-    "DebertaLiteForQuestionAnswering": "question-answering",
-    "DebertaLiteModel": "feature-extraction",
-}
-AUTO_CLASS = {
-    "DebertaLiteForMaskedLM": "AutoModelForMaskedLM",
-    "DebertaLiteForSequenceClassification": "AutoModelForSequenceClassification",
-    "DebertaLiteForTokenClassification": "AutoModelForTokenClassification",
-    "DebertaLiteForQuestionAnswering": "AutoModelForQuestionAnswering",
-    "DebertaLiteForMultipleChoice": "AutoModelForMultipleChoice",
-    "DebertaLiteModel": "AutoModel",
-}
 # What is never uploaded: intermediate checkpoints, pickles (training_args.bin, optimizer and RNG states), caches.
 IGNORE_PATTERNS = ["checkpoint-*", "_*", "*.pt", "*.pth", "*.bin", "runs/*", ".cache/*"]
 HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
@@ -69,7 +54,7 @@ def write_model_card(
     output_dir = Path(output_dir)
     config = json.loads((output_dir / "config.json").read_text())
     architecture = (config.get("architectures") or ["DebertaLiteModel"])[0]
-    pipeline_tag = PIPELINE_TAGS.get(architecture)
+    pipeline_tag = HEADS[architecture].task if architecture in HEADS else None
     results_path = output_dir / "eval_results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     name = repo_id or output_dir.name
@@ -122,7 +107,8 @@ def _card_body(name, config, architecture, hyperparameters, metrics, dataset) ->
         lines += ["", "## Results" + (f" ({dataset})" if dataset else ""), "", "| metric | value |", "|---|---|"]
         lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
                   for key, value in metrics.items()]
-    auto_class = AUTO_CLASS.get(architecture, "AutoModel")
+    auto_class = HEADS[architecture].auto_class if architecture in HEADS else "AutoModel"
+    task = HEADS[architecture].task if architecture in HEADS else None
     # What the copied code asked for when it was saved; configs saved before it was recorded get this package's.
     min_version = config.get("min_transformers_version", MIN_TRANSFORMERS_VERSION)
     lines += [
@@ -134,16 +120,16 @@ def _card_body(name, config, architecture, hyperparameters, metrics, dataset) ->
         f"transformers>={min_version}: `pip install -U 'transformers>={min_version}'`.",
         "",
         "```python",
-        f"from transformers import AutoTokenizer, {auto_class}" + (", pipeline" if PIPELINE_TAGS.get(architecture)
+        f"from transformers import AutoTokenizer, {auto_class}" + (", pipeline" if task
                                                                    in ("fill-mask", "text-classification") else ""),
         "",
         f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
         f'model = {auto_class}.from_pretrained("{name}", trust_remote_code=True)',
     ]
-    if PIPELINE_TAGS.get(architecture) == "fill-mask":
+    if task == "fill-mask":
         lines.append(f'print(pipeline("fill-mask", model=model, tokenizer=tokenizer)("The capital of France is '
                      f'{"[MASK]"}."))')
-    elif PIPELINE_TAGS.get(architecture) == "text-classification":
+    elif task == "text-classification":
         lines.append('print(pipeline("text-classification", model=model, tokenizer=tokenizer)("A wonderful film."))')
     lines += ["```", ""]
     return "\n".join(lines)

@@ -69,7 +69,7 @@ from .attention import (
     pair_attention_mask,
     reachable_rows,
 )
-from .configuration_deberta_lite import DebertaLiteConfig
+from .configuration_deberta_lite import HEADS, DebertaLiteConfig
 from .internals import attention_implementation, outside_output_capture
 
 
@@ -893,12 +893,4 @@ def register_peft_target_modules() -> None:
 register_peft_target_modules()
 
 
-__all__ = [
-    "DebertaLiteForMaskedLM",
-    "DebertaLiteForMultipleChoice",
-    "DebertaLiteForQuestionAnswering",
-    "DebertaLiteForSequenceClassification",
-    "DebertaLiteForTokenClassification",
-    "DebertaLiteModel",
-    "DebertaLitePreTrainedModel",
-]
+__all__ = ["DebertaLitePreTrainedModel", *HEADS]

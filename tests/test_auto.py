@@ -8,39 +8,25 @@ import textwrap
 
 import pytest
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoConfig, PreTrainedModel
 
 import deberta_lite
 from deberta_lite import (
     DebertaLiteConfig,
     DebertaLiteForMaskedLM,
     DebertaLiteForMultipleChoice,
-    DebertaLiteForQuestionAnswering,
     DebertaLiteForSequenceClassification,
-    DebertaLiteForTokenClassification,
     DebertaLiteModel,
+    DebertaLitePreTrainedModel,
+    modeling_deberta_lite,
 )
 from deberta_lite.configuration_deberta_lite import AUTO_MAP
 
 from conftest import ROOT, padded_batch, tiny_config
 
 
-HEADS = [
-    (AutoModel, DebertaLiteModel),
-    (AutoModelForMaskedLM, DebertaLiteForMaskedLM),
-    (AutoModelForSequenceClassification, DebertaLiteForSequenceClassification),
-    (AutoModelForTokenClassification, DebertaLiteForTokenClassification),
-    (AutoModelForQuestionAnswering, DebertaLiteForQuestionAnswering),
-    (AutoModelForMultipleChoice, DebertaLiteForMultipleChoice),
-]
+# (Auto class, DeBERTa-lite class) for every head, from the package's one table of heads.
+HEADS = list(deberta_lite.AUTO_CLASSES.items())
 
 
 def _outputs(model):
@@ -52,7 +38,13 @@ def _outputs(model):
 
 
 def test_every_head_is_registered():
-    assert set(deberta_lite.AUTO_CLASSES.values()) == {model_class for _, model_class in HEADS}
+    # The table is complete: every model class the modeling file defines is in it.
+    defined = {value for value in vars(modeling_deberta_lite).values()
+               if isinstance(value, type) and issubclass(value, PreTrainedModel)
+               and value.__module__ == modeling_deberta_lite.__name__} - {DebertaLitePreTrainedModel}
+    assert {model_class for _, model_class in HEADS} == defined
+    assert {name for name in deberta_lite.__all__ if name.startswith("DebertaLite")} == {
+        cls.__name__ for cls in defined | {DebertaLitePreTrainedModel, DebertaLiteConfig}}
     assert isinstance(AutoConfig.for_model("deberta-lite"), DebertaLiteConfig)
     for auto_class, model_class in HEADS:
         assert isinstance(auto_class.from_config(tiny_config()), model_class)
