@@ -1,12 +1,15 @@
 """torch.compile(fullgraph=True): every head and every attention backend trace without a graph break and equal eager.
+Without fullgraph, as Trainer's --torch_compile compiles, every head is one graph and a second step does not recompile.
 
-The tests compile with the `aot_eager` backend: dynamo's full-graph capture and AOT autograd, the parts a model can
-break, without inductor's C++ code generation, which takes minutes per graph on a CPU. (Inductor itself was
-checked by hand; see the README's Deploy section.)
+The full-graph tests compile with the `aot_eager` backend: dynamo's full-graph capture and AOT autograd, the parts a
+model can break, without inductor's C++ code generation, which takes minutes per graph on a CPU. (Inductor itself was
+checked by hand; see the README's Deploy section.) The others count graphs with dynamo's explain and a counting
+backend, which compile nothing.
 """
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounter
 
 from deberta_lite import (
     DebertaLiteForMaskedLM,
@@ -18,6 +21,7 @@ from deberta_lite import (
 )
 
 from conftest import padded_batch, tiny_config
+from test_conventions import head_config, head_inputs
 
 
 # deberta_flex is left out: on a CPU, compiling it traces, but afterwards transformers' output capture stays in its
@@ -95,3 +99,51 @@ def test_masked_lm_loss_without_masked_tokens_is_zero_and_backpropagates():
     loss.backward()
     assert loss.item() == 0.0
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------- Trainer's --torch_compile: no fullgraph
+
+
+HEAD_CALLS = [
+    (DebertaLiteModel, False), (DebertaLiteForMaskedLM, False), (DebertaLiteForMaskedLM, True),
+    (DebertaLiteForSequenceClassification, True), (DebertaLiteForTokenClassification, True),
+    (DebertaLiteForQuestionAnswering, True), (DebertaLiteForMultipleChoice, True),
+]
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("model_class, labels", HEAD_CALLS,
+                         ids=[f"{cls.__name__}{'-labels' if labels else ''}" for cls, labels in HEAD_CALLS])
+def test_no_graph_break_without_fullgraph(model_class, labels, implementation):
+    """torch.compile as Trainer's --torch_compile runs it (fullgraph=False) splits the graph wherever the forward reads
+    a tensor back to the host: every break costs a separate graph and the Python in between on every step."""
+    torch.manual_seed(0)
+    config = head_config(model_class)
+    model = model_class(config)
+    model.set_attn_implementation(implementation)
+    inputs = head_inputs(model_class, config, labels)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(model)(**inputs)
+        assert explanation.graph_break_count == 0, (mode, [str(reason.reason)[:300] for reason in
+                                                           explanation.break_reasons])
+        assert explanation.graph_count == 1, mode
+
+
+@pytest.mark.parametrize("model_class", [cls for cls, labels in HEAD_CALLS if labels], ids=lambda cls: cls.__name__)
+def test_a_second_training_step_does_not_recompile(model_class):
+    """The first loss call must not change anything a compiled graph is guarded on (the config's problem_type was)."""
+    torch.manual_seed(0)
+    config = head_config(model_class)
+    model = model_class(config).train()
+    first = head_inputs(model_class, config)
+    second = {name: value.flip(0) for name, value in first.items()}  # a new batch of the same shape
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    compiled(**first).loss.backward()
+    frames = counter.frame_count
+    compiled(**second).loss.backward()
+    assert counter.frame_count == frames, "the second step recompiled"
+    assert frames == 1, "the forward was split into several graphs"
