@@ -49,7 +49,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
+from transformers.utils import TransformersKwargs, has_file
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.import_utils import is_torchdynamo_compiling
 from transformers.utils.output_capturing import (
@@ -319,6 +319,26 @@ def unreadable_weights(pretrained_model_name_or_path) -> str:
     return f"a weights file of {pretrained_model_name_or_path}"
 
 
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def pickle_only_weights(pretrained_model_name_or_path, revision: str | None = None, token=None) -> list[str]:
+    """The pickled weight files of a checkpoint (a directory or a Hub repository) that has no safetensors weights."""
+    directory = Path(str(pretrained_model_name_or_path))
+    if directory.is_dir():
+        if any(directory.glob("*.safetensors")):
+            return []
+        return sorted(path.name for path in directory.glob("*.bin"))
+    repository = str(pretrained_model_name_or_path)
+    try:
+        if any(has_file(repository, name, revision=revision, token=token) for name in SAFETENSORS_WEIGHTS):
+            return []
+        return [name for name in PICKLED_WEIGHTS if has_file(repository, name, revision=revision, token=token)]
+    except Exception:  # offline, unreachable, or no such repository: transformers' own error says which
+        return []
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Pretrained base and the encoder
 # ----------------------------------------------------------------------------------------------------------------
@@ -401,14 +421,15 @@ class DebertaLitePreTrainedModel(PreTrainedModel):
             raise OSError(f"{unreadable_weights(pretrained_model_name_or_path)} cannot be read ({error}): the file "
                           "is truncated or corrupted; save or download it again") from error
         except OSError as error:
-            directory = Path(str(pretrained_model_name_or_path))
-            pickled = [path.name for path in directory.glob("*.bin")] if directory.is_dir() else []
-            if not kwargs["use_safetensors"] or not pickled or any(directory.glob("*.safetensors")):
+            if not kwargs["use_safetensors"]:
+                raise
+            pickled = pickle_only_weights(pretrained_model_name_or_path, kwargs.get("revision"), kwargs.get("token"))
+            if not pickled:
                 raise
             raise OSError(
-                f"{directory} holds pickled weights ({', '.join(pickled)}) and no safetensors. Unpickling can run "
-                "code: pass use_safetensors=False to load them anyway (with torch.load(weights_only=True)), then "
-                "save_pretrained() them as safetensors"
+                f"{pretrained_model_name_or_path} holds pickled weights ({', '.join(pickled)}) and no safetensors. "
+                "Unpickling can run code: pass use_safetensors=False to load them anyway (with "
+                "torch.load(weights_only=True)), then save_pretrained() them as safetensors"
             ) from error
 
 
@@ -543,6 +564,10 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         self.deberta = DebertaLiteModel(config, with_position_embeddings=self.uses_emd)
         self.lm_head = DebertaLiteLMHead(config)
         self.post_init()
+        if config.tie_word_embeddings:
+            # Stored once, as the word embeddings. Declared as not saved, Trainer's resume re-ties it quietly instead
+            # of warning about a missing key; an untied decoder is saved like any weight.
+            self._keys_to_ignore_on_save = ["lm_head.decoder.weight"]
         if self.uses_emd:
             # The EMD reads the encoder's hidden states, whose hooks transformers installs on first use; installing
             # them inside torch.compile's trace fails (a lock), so they are installed here.
