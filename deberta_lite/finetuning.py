@@ -23,7 +23,7 @@ from transformers import (
 
 from .convert import convert_deberta_v2_to_lite
 from .data import read_table, row_location
-from .hub import DebertaLiteTrainer
+from .trainer import DebertaLiteTrainer
 from .tokenization import fit_tokenizer_to_model
 
 

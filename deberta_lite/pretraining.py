@@ -17,7 +17,7 @@ from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from .configuration_deberta_lite import DebertaLiteConfig
 from .data import read_table
-from .hub import DebertaLiteTrainer
+from .trainer import DebertaLiteTrainer
 from .masking import DataCollatorForDebertaMLM
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
 from .tokenization import fit_tokenizer_to_model
