@@ -22,7 +22,7 @@ from deberta_lite import (
 )
 from deberta_lite.configuration_deberta_lite import AUTO_MAP
 
-from conftest import ROOT, padded_batch, tiny_config
+from helpers import ROOT, padded_batch, tiny_config
 
 
 # (Auto class, DeBERTa-lite class) for every head, from the package's one table of heads.

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import load_script
+from helpers import load_script
 
 
 def test_benchmark_script_on_a_small_model(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from deberta_lite import DebertaLiteConfig
 from deberta_lite import configuration_deberta_lite
 
-from conftest import ROOT, tiny_config
+from helpers import ROOT, tiny_config
 
 
 ISSUE_FIELDS = [

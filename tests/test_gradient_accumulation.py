@@ -7,7 +7,7 @@ from transformers import Trainer, TrainingArguments
 
 from deberta_lite import DebertaLiteForMaskedLM, DebertaLiteForSequenceClassification
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def _one_sgd_step(model, dataset, output_dir, batch_size, accumulation):

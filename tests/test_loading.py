@@ -28,9 +28,8 @@ from deberta_lite import (
     DebertaLiteModel,
 )
 
-from conftest import padded_batch
+from helpers import CASES, V2_TINY, _inputs, padded_batch
 from test_hub import hub, hub_env, run_python  # noqa: F401 (hub is a fixture)
-from test_parity import CASES, V2_TINY, _inputs
 
 
 CLASSES = [

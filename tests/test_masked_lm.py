@@ -1,20 +1,16 @@
 """The masked LM head and its enhanced mask decoder (EMD)."""
 
-import json
 import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
-from transformers import AutoModelForMaskedLM, DebertaV2Config, DebertaV2ForMaskedLM, DebertaV2Tokenizer, pipeline
+from transformers import DebertaV2Tokenizer, pipeline
 from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position as v2_relative_position
 
 from deberta_lite import DebertaLiteForMaskedLM
-from deberta_lite.convert import convert_checkpoint
 
-from conftest import DATA, padded_batch, tiny_config
-from test_parity import CASES, V2_TINY
+from helpers import DATA, padded_batch, tiny_config
 
 
 def _labels(input_ids, attention_mask, positions):
@@ -153,50 +149,6 @@ def test_output_embeddings_are_tied_and_training_continues_after_resize():
     assert model.deberta.embeddings.word_embeddings.weight.grad[105].abs().sum() > 0
 
 
-V2_MLM = {**V2_TINY, **CASES["v3"], "legacy": False}
-
-
-def test_conversion_with_debertav2_masked_lm_both_ways(tmp_path):
-    reference = DebertaV2ForMaskedLM(DebertaV2Config(**V2_MLM)).eval()
-    reference.save_pretrained(tmp_path / "v2")
-    assert any(key.startswith("lm_predictions.lm_head.") for key in load_file(tmp_path / "v2" / "model.safetensors"))
-    convert_checkpoint(tmp_path / "v2", tmp_path / "lite")
-    # transformers has no EMD: with the EMD off both read the last layer and must agree.
-    lite = AutoModelForMaskedLM.from_pretrained(tmp_path / "lite", emd_num_layers=0).eval()
-    assert isinstance(lite, DebertaLiteForMaskedLM)
-    input_ids, attention_mask = padded_batch()
-    assert_close(lite(input_ids, attention_mask=attention_mask).logits,
-                 reference(input_ids, attention_mask=attention_mask).logits, atol=1e-5, rtol=1e-5)
-    convert_checkpoint(tmp_path / "lite", tmp_path / "back")
-    back = load_file(tmp_path / "back" / "model.safetensors")
-    assert {k for k in back if "lm_predictions" in k} == {
-        "lm_predictions.lm_head.dense.weight", "lm_predictions.lm_head.dense.bias",
-        "lm_predictions.lm_head.LayerNorm.weight", "lm_predictions.lm_head.LayerNorm.bias",
-        "lm_predictions.lm_head.bias"}
-    assert json.loads((tmp_path / "back" / "config.json").read_text())["legacy"] is False
-    again = DebertaV2ForMaskedLM.from_pretrained(tmp_path / "back").eval()
-    assert_close(again(input_ids, attention_mask=attention_mask).logits,
-                 reference(input_ids, attention_mask=attention_mask).logits)
-
-
-def test_original_style_checkpoint_becomes_masked_lm_with_its_position_table(tmp_path):
-    reference = DebertaV2ForMaskedLM(DebertaV2Config(**V2_MLM))
-    reference.save_pretrained(tmp_path / "v2")
-    # As in Microsoft's checkpoints: no architectures, an absolute table, and an RTD head nobody loads.
-    config = json.loads((tmp_path / "v2" / "config.json").read_text())
-    config.pop("architectures")
-    (tmp_path / "v2" / "config.json").write_text(json.dumps(config))
-    weights = load_file(tmp_path / "v2" / "model.safetensors")
-    table = torch.randn(64, 32)
-    weights["deberta.embeddings.position_embeddings.weight"] = table
-    weights["mask_predictions.classifier.weight"] = torch.randn(1, 32)
-    save_file(weights, tmp_path / "v2" / "model.safetensors")
-    convert_checkpoint(tmp_path / "v2", tmp_path / "lite")
-    lite = AutoModelForMaskedLM.from_pretrained(tmp_path / "lite")
-    assert isinstance(lite, DebertaLiteForMaskedLM)
-    assert torch.equal(lite.deberta.embeddings.position_embeddings.weight, table)
-
-
 def test_fill_mask_pipeline_on_a_saved_checkpoint(tmp_path):
     shutil.copy(DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
     tokenizer = DebertaV2Tokenizer.from_pretrained(tmp_path)
@@ -211,7 +163,7 @@ def test_fill_mask_pipeline_on_a_saved_checkpoint(tmp_path):
 
 
 def test_fill_mask_script(tmp_path, capsys):
-    from conftest import load_script
+    from helpers import load_script
 
     shutil.copy(DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
     tokenizer = DebertaV2Tokenizer.from_pretrained(tmp_path)

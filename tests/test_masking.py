@@ -9,7 +9,7 @@ import torch
 from deberta_lite.masking import DataCollatorForDebertaMLM, choose_spans, word_units
 from deberta_lite.tokenization import read_text_files, train_unigram_tokenizer
 
-from conftest import DATA
+from helpers import DATA
 
 
 @pytest.fixture(scope="module")

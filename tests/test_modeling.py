@@ -12,7 +12,7 @@ from deberta_lite import (
 )
 from deberta_lite.attention import build_relative_position, make_log_bucket_position
 
-from conftest import padded_batch, tiny_config
+from helpers import padded_batch, tiny_config
 
 
 VARIANTS = {

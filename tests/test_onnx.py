@@ -16,7 +16,7 @@ from deberta_lite import (
 )
 from deberta_lite.export import TASKS, check_onnx, export_onnx
 
-from conftest import load_script, tiny_config
+from helpers import load_script, tiny_config
 
 
 pytest.importorskip("onnxruntime")  # part of the dev extras, so `make test` always runs these

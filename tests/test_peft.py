@@ -7,7 +7,7 @@ from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import DebertaV2ForSequenceClassification
 
-from conftest import padded_batch, tiny_config
+from helpers import padded_batch, tiny_config
 from deberta_lite import DebertaLiteForSequenceClassification, DebertaLiteModel
 from deberta_lite.convert import lite_config_to_deberta_v2
 

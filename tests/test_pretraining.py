@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, EvalPrediction
 
 from deberta_lite.pretraining import load_raw_datasets, masked_accuracy, parse_overrides, predictions_from_logits
 
-from conftest import ROOT, load_script
+from helpers import ROOT, load_script
 
 
 pretrain_mlm = load_script("pretrain_mlm")

@@ -12,7 +12,7 @@ from deberta_lite import DebertaLiteModel
 from deberta_lite.masking import DataCollatorForDebertaMLM
 from deberta_lite.attention import build_relative_position, make_log_bucket_position
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 PROPERTIES = settings(derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,7 +9,7 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 from transformers import AutoTokenizer
 
-from conftest import DATA, tiny_config
+from helpers import DATA, tiny_config
 from deberta_lite import DebertaLiteModel
 
 

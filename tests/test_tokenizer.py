@@ -5,7 +5,7 @@ from transformers import AutoTokenizer, DebertaV2Tokenizer
 
 from deberta_lite.tokenization import SPECIAL_TOKENS, read_text_files, tokenizer_from_spm, train_unigram_tokenizer
 
-from conftest import DATA, load_script, tiny_config
+from helpers import DATA, load_script, tiny_config
 
 
 train_tokenizer = load_script("train_tokenizer")

@@ -13,7 +13,7 @@ from deberta_lite import DebertaLiteModel
 from deberta_lite.configuration_deberta_lite import MIN_TRANSFORMERS_VERSION
 from deberta_lite.hub import write_model_card
 
-from conftest import ROOT, tiny_config
+from helpers import ROOT, tiny_config
 
 
 def _import_configuration_file():
