@@ -12,6 +12,7 @@ import torch
 # DATA, TINY, load_script, padded_batch and tiny_config are imported here only for the modules that still import
 # them from conftest; they live in helpers.py.
 from helpers import DATA, ROOT, TINY, load_script, padded_batch, tiny_config  # noqa: F401
+from hub_server import start_hub_server
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,16 @@ def tokenizer_dir(tmp_path_factory):
     corpus = read_text_files([ROOT / "data" / "wiki_sample" / "train.txt"])
     train_unigram_tokenizer(corpus, vocab_size=1000).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """A loopback Hugging Face Hub (tests/hub_server.py) for the module's tests: (its state, its URL). Subprocesses
+    reach it through helpers.hub_env."""
+    server, state, url = start_hub_server()
+    yield state, url
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(autouse=True)

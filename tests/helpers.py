@@ -1,6 +1,10 @@
 """Plain helpers the test modules share, imported as `from helpers import ...` (fixtures live in conftest.py)."""
 
 import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -76,3 +80,48 @@ def _inputs(config):
     input_ids, attention_mask = padded_batch()
     token_type_ids = (torch.arange(12) >= 5).long().expand(3, 12).contiguous() if config.type_vocab_size else None
     return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
+# ---------------------------------------------------------------- subprocesses and the loopback Hub
+
+
+# Put ahead of a subprocess's script: deberta_lite cannot be imported there, as on a machine with transformers alone.
+WITHOUT_DEBERTA_LITE = """
+import importlib.abc
+import sys
+
+
+class _BlockDebertaLite(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "deberta_lite" or name.startswith("deberta_lite."):
+            raise ImportError("deberta_lite is blocked in this process")
+
+
+sys.meta_path.insert(0, _BlockDebertaLite())
+try:
+    import deberta_lite  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("deberta_lite should not be importable here")
+"""
+
+
+def run_python(source: str, env: dict, cwd, *args, without_deberta_lite: bool = False) -> subprocess.CompletedProcess:
+    """Run `source` as cwd/script.py in a fresh interpreter, with `args` as its argv; `without_deberta_lite` makes
+    importing the package fail there, so only remote code can provide the model."""
+    script = cwd / "script.py"
+    script.write_text((WITHOUT_DEBERTA_LITE if without_deberta_lite else "") + textwrap.dedent(source))
+    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def hub_env(url: str, home, token: bool = True) -> dict:
+    """The environment of a subprocess that talks to the loopback Hub at `url` (the `hub` fixture), with its own
+    caches under `home`: huggingface_hub reads HF_ENDPOINT when it is imported."""
+    env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
+           "HF_MODULES_CACHE": str(home / "modules"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_TOKEN", None)
+    if token:
+        env["HF_TOKEN"] = "hf_test_token"
+    return env

@@ -2,9 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -22,7 +19,7 @@ from deberta_lite import (
 )
 from deberta_lite.configuration_deberta_lite import AUTO_MAP
 
-from helpers import ROOT, padded_batch, tiny_config
+from helpers import ROOT, padded_batch, run_python, tiny_config
 
 
 # (Auto class, DeBERTa-lite class) for every head, from the package's one table of heads.
@@ -76,19 +73,10 @@ def test_saved_directory_carries_remote_code_and_full_auto_map(tmp_path):
     assert "from .configuration_deberta_lite import" in modeling_source and "deberta_lite." not in modeling_source
 
 
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, sys, json
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "deberta_lite" or name.startswith("deberta_lite."):
-                raise ImportError("deberta_lite is blocked in this process")
-    sys.meta_path.insert(0, Block())
-    try:
-        import deberta_lite
-        raise SystemExit("deberta_lite should not be importable here")
-    except ImportError:
-        pass
+# Run where deberta_lite cannot be imported (helpers.run_python blocks it): only the remote code can load the models.
+REMOTE_SCRIPT = """
+    import sys
+
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
     directory, mlm_directory, inputs_path, outputs_path = sys.argv[1:5]
@@ -104,8 +92,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     with torch.no_grad():
         torch.save({"base": base(**inputs).last_hidden_state, "logits": head(**inputs).logits,
                     "mlm": mlm(**inputs).logits}, outputs_path)
-    """
-)
+"""
 
 
 def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
@@ -116,13 +103,9 @@ def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
     input_ids, attention_mask = padded_batch()
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     torch.save(inputs, tmp_path / "inputs.pt")
-    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "remote.py"), str(tmp_path / "checkpoint"), str(tmp_path / "mlm"),
-         str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_python(REMOTE_SCRIPT, env, tmp_path, tmp_path / "checkpoint", tmp_path / "mlm", tmp_path / "inputs.pt",
+                        tmp_path / "outputs.pt", without_deberta_lite=True)
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = torch.load(tmp_path / "outputs.pt")
     with torch.no_grad():

@@ -28,8 +28,7 @@ from deberta_lite import (
     DebertaLiteModel,
 )
 
-from helpers import CASES, V2_TINY, _inputs, padded_batch
-from test_hub import hub, hub_env, run_python  # noqa: F401 (hub is a fixture)
+from helpers import CASES, V2_TINY, _inputs, hub_env, padded_batch, run_python
 
 
 CLASSES = [
