@@ -7,7 +7,9 @@ into place (an atomic rename), after the files themselves are synced. Resuming c
 - `--resume_from_checkpoint latest` (or True) takes the newest *complete* checkpoint, and says which incomplete
   ones it skipped;
 - an explicit path that is incomplete, truncated or altered is refused with an error that names the file.
-Older checkpoints are rotated away (`--save_total_limit`) only after the new one is complete.
+Older checkpoints are rotated away (`--save_total_limit`) only after the new one is complete. `CrashSafeCheckpoints`,
+a TrainerCallback, does the marking and the rotation; `deberta_lite.trainer.DebertaLiteTrainer` installs it and
+resumes through `resolve_resume`.
 """
 
 import hashlib
@@ -15,16 +17,17 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
-from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from accelerate import PartialState
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "checkpoint_complete.json"
-TRAINING_ARGS_JSON = "training_args.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -131,35 +134,47 @@ def resolve_resume(output_dir: str | Path, resume_from_checkpoint: str | bool | 
     return str(verify_checkpoint(resume_from_checkpoint))
 
 
-class CrashSafeCheckpoints:
-    """Trainer mixin: marks each checkpoint complete, rotates only after that, resumes only from complete ones.
+class CrashSafeCheckpoints(TrainerCallback):
+    """Trainer callback: marks each checkpoint complete, and only then deletes older ones (`save_total_limit`).
 
-    It also writes the training arguments as `training_args.json` instead of Trainer's pickled
-    `training_args.bin`, so a checkpoint or a trained model directory holds no pickle of them. (Optimizer,
-    scheduler and RNG states stay Trainer's `torch.save` files, which Trainer reads back with `weights_only=True`.)
+    Trainer calls `on_save` once checkpoint-N is written (weights, optimizer, scheduler, RNG states and
+    trainer_state.json) on every process. Trainer's own rotation runs inside that save, before `on_save`, so it would
+    delete older checkpoints while the new one is still unmarked: the Trainer must run with `save_total_limit=None`
+    and this callback holds the limit. `DebertaLiteTrainer` arranges both.
     """
 
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        resume = resolve_resume(self.args.output_dir, resume_from_checkpoint)
-        return super().train(resume, *args, **kwargs)
+    def __init__(self, save_total_limit: int | None = None):
+        self.save_total_limit = save_total_limit
 
-    def _save_checkpoint(self, model, trial):
-        limit = self.args.save_total_limit
-        self.args.save_total_limit = None  # Trainer would rotate before the new checkpoint is marked complete
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()  # every rank's shards and states are written
-        if self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            mark_complete(Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.save_total_limit is not None:
+            raise ValueError(
+                f"the Trainer has save_total_limit={args.save_total_limit}: it would delete older checkpoints before "
+                "the new one is marked complete; give the limit to CrashSafeCheckpoints(save_total_limit=...) and "
+                "None to the Trainer"
+            )
+        if state.is_hyper_param_search and state.trial_name is None:
+            raise ValueError("a hyperparameter search with crash-safe checkpoints needs hp_name: without it the "
+                             "trial's checkpoint folder is named after a trial number the callbacks do not see")
 
-    def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
-        if self.args.should_save:
-            (output_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)
-            (output_dir / TRAINING_ARGS_JSON).write_text(self.args.to_json_string())
+    def on_save(self, args, state, control, **kwargs):
+        PartialState().wait_for_everyone()  # every process has written its shards and RNG state
+        if not args.should_save:
+            return
+        run_dir = _run_directory(args, state)
+        mark_complete(run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.save_total_limit,
+                           best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # Trainer's end-of-training rule for a limit of 1, which it skips without a limit: keep only the best.
+        if not args.should_save or self.save_total_limit != 1 or state.best_model_checkpoint is None:
+            return
+        for checkpoint in sort_checkpoints(str(_run_directory(args, state))):
+            if not os.path.samefile(checkpoint, state.best_model_checkpoint):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _run_directory(args, state) -> Path:
+    """Where Trainer puts the checkpoints: output_dir, or its subfolder named after the trial in a search."""
+    return Path(args.output_dir, state.trial_name) if state.is_hyper_param_search else Path(args.output_dir)

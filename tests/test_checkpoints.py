@@ -2,24 +2,29 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
-from deberta_lite import DebertaLiteModel
+from deberta_lite import DebertaLiteForSequenceClassification, DebertaLiteModel
 from deberta_lite.checkpoints import (
     COMPLETE_MARKER,
     CheckpointError,
+    CrashSafeCheckpoints,
     last_complete_checkpoint,
     mark_complete,
     resolve_resume,
     verify_checkpoint,
 )
+from deberta_lite.trainer import DebertaLiteTrainer
 
-from conftest import ROOT, load_script, tiny_config
+from conftest import ROOT, load_script, padded_batch, tiny_config
 
 
 pretrain_mlm = load_script("pretrain_mlm")
@@ -142,6 +147,109 @@ def test_sigkilled_run_resumes_to_the_same_weights(tokenizer_dir, tmp_path, unin
     # Training arguments are saved as JSON, never as a pickle.
     assert not list(output_dir.rglob("training_args.bin"))
     assert json.loads((output_dir / "training_args.json").read_text())["max_steps"] == 6
+
+
+def _train_classifier(trainer_class, output_dir, args_out: list | None = None) -> list[str]:
+    """6 steps, evaluated and saved every 2, keeping the best checkpoint with save_total_limit=1: the checkpoints left.
+
+    The metric worsens at every evaluation, so the best checkpoint (checkpoint-2) is not the last one.
+    """
+    input_ids, attention_mask = padded_batch(batch=8, seed=5)
+    dataset = datasets.Dataset.from_dict({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(),
+                                          "labels": (input_ids[:, 1] % 2).tolist()})
+    evaluations = []
+
+    def worsening(_):
+        evaluations.append(1)
+        return {"score": -len(evaluations)}
+
+    args = TrainingArguments(output_dir=str(output_dir), max_steps=6, per_device_train_batch_size=2, eval_strategy="steps",
+                             eval_steps=2, save_steps=2, save_total_limit=1, load_best_model_at_end=True,
+                             metric_for_best_model="score", greater_is_better=True, use_cpu=True, report_to="none",
+                             disable_tqdm=True, seed=0)
+    if args_out is not None:
+        args_out.append(args)
+    torch.manual_seed(0)
+    trainer = trainer_class(model=DebertaLiteForSequenceClassification(tiny_config(num_labels=2)), args=args,
+                            train_dataset=dataset, eval_dataset=dataset, compute_metrics=worsening)
+    trainer.train()
+    trainer.save_model()
+    return sorted(path.name for path in output_dir.glob("checkpoint-*"))
+
+
+def test_rotation_after_the_marker_keeps_what_trainer_keeps(tmp_path):
+    # Trainer's rules: the latest and the best checkpoint survive rotation; with a limit of 1, only the best survives
+    # the end of training.
+    assert _train_classifier(Trainer, tmp_path / "trainer") == ["checkpoint-2"]
+    given = []
+    assert _train_classifier(DebertaLiteTrainer, tmp_path / "ours", given) == ["checkpoint-2"]
+    verify_checkpoint(tmp_path / "ours" / "checkpoint-2")
+    # The caller's arguments are untouched, and the JSON records the limit they asked for.
+    assert given[0].save_total_limit == 1
+    for directory in (tmp_path / "ours", tmp_path / "ours" / "checkpoint-2"):
+        assert not (directory / "training_args.bin").exists()
+        assert json.loads((directory / "training_args.json").read_text())["save_total_limit"] == 1
+
+
+def test_the_callback_refuses_what_it_cannot_make_safe_and_marks_trial_folders(tmp_path):
+    callback, control = CrashSafeCheckpoints(save_total_limit=2), TrainerControl()
+    with pytest.raises(ValueError, match="save_total_limit=2: it would delete older checkpoints before the new one"):
+        callback.on_train_begin(TrainingArguments(str(tmp_path), save_total_limit=2, use_cpu=True), TrainerState(),
+                                control)
+    args = TrainingArguments(str(tmp_path), use_cpu=True)
+    with pytest.raises(ValueError, match="hyperparameter search .* needs hp_name"):
+        callback.on_train_begin(args, TrainerState(is_hyper_param_search=True), control)
+    # In a search, Trainer saves in output_dir/<trial name>/checkpoint-N.
+    trial = TrainerState(is_hyper_param_search=True, trial_name="trial-a", global_step=3)
+    callback.on_train_begin(args, trial, control)
+    checkpoint = _checkpoint(tmp_path / "trial-a" / "checkpoint-3")
+    callback.on_save(args, trial, control)
+    verify_checkpoint(checkpoint)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Runs pretrain_mlm.py in each process of an accelerate launch; process 1 writes its RNG state 2 s late, so a marker
+# written without waiting for every process would not list that file.
+SLOW_RANK_DRIVER = """
+import os, sys, time
+import torch
+sys.path.insert(0, {scripts!r})
+save = torch.save
+
+def late_save(obj, f, *args, **kwargs):
+    if str(f).endswith("rng_state_1.pth"):
+        time.sleep(2)
+    return save(obj, f, *args, **kwargs)
+
+torch.save = late_save
+import pretrain_mlm
+pretrain_mlm.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_mark_a_checkpoint_once_both_have_written_it(tokenizer_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    driver = tmp_path / "driver.py"
+    driver.write_text(SLOW_RANK_DRIVER.format(scripts=str(ROOT / "scripts")))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+               "--main_process_port", str(_free_port()), str(driver),
+               *_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-6"]
+    recorded = json.loads((output_dir / "checkpoint-6" / COMPLETE_MARKER).read_text())["files"]
+    assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors", "optimizer.pt", "trainer_state.json",
+            "training_args.json"} <= set(recorded)
+    verify_checkpoint(output_dir / "checkpoint-6")
+    assert not list(output_dir.rglob("training_args.bin"))
 
 
 def test_truncated_or_corrupted_weights_name_the_file(tmp_path):
