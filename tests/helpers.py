@@ -1,6 +1,7 @@
 """Plain helpers the test modules share, imported as `from helpers import ...` (fixtures live in conftest.py)."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,9 @@ import textwrap
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from torch.testing import assert_close
+from transformers import DebertaV2Config, DebertaV2ForMaskedLM
 
 from deberta_lite import DebertaLiteConfig
 
@@ -76,10 +80,81 @@ CASES = {
 }
 
 
-def _inputs(config):
+def v2_config(case: str, **overrides) -> DebertaV2Config:
+    """The tiny model as transformers' DebertaV2 configures it, in one of the CASES layouts."""
+    return DebertaV2Config(**{**V2_TINY, **CASES[case], **overrides})
+
+
+def padded_inputs(config) -> dict:
+    """padded_batch() as keyword arguments, with two token types (the second from position 5) where the config has a
+    token type table, and token_type_ids=None where it has none."""
     input_ids, attention_mask = padded_batch()
     token_type_ids = (torch.arange(12) >= 5).long().expand(3, 12).contiguous() if config.type_vocab_size else None
     return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
+# ---------------------------------------------------------------- checkpoints as others publish them
+
+
+POSITION_TABLE = "deberta.embeddings.position_embeddings.weight"
+
+
+def save_pickled(model, directory):
+    """The model's config and its weights as a pickle (pytorch_model.bin) only, as older checkpoints ship them."""
+    model.config.save_pretrained(directory)
+    torch.save(model.state_dict(), directory / "pytorch_model.bin")
+
+
+def original_deberta_checkpoint(directory):
+    """A checkpoint laid out like Microsoft's DeBERTa-v3 releases: a config without `architectures`, the MLM head
+    under its original names, the absolute position table the EMD reads, and the replaced-token-detection head.
+    Returns the DebertaV2 masked LM that was saved (which has no table) and the table."""
+    reference = DebertaV2ForMaskedLM(v2_config("v3", legacy=False)).eval()
+    reference.save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    del config["architectures"]
+    (directory / "config.json").write_text(json.dumps(config))
+    weights = load_file(directory / "model.safetensors")
+    generator = torch.Generator().manual_seed(1)
+    table = torch.randn(64, 32, generator=generator)
+    weights[POSITION_TABLE] = table
+    for name, shape in [("dense.weight", (32, 32)), ("dense.bias", (32,)), ("LayerNorm.weight", (32,)),
+                        ("LayerNorm.bias", (32,)), ("classifier.weight", (1, 32)), ("classifier.bias", (1,))]:
+        weights[f"mask_predictions.{name}"] = torch.randn(shape, generator=generator)
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    return reference, table
+
+
+# ---------------------------------------------------------------- outputs and gradients compared
+
+
+def gradients(model) -> dict[str, torch.Tensor]:
+    """A copy of every parameter's gradient, by name; parameters the loss did not reach are left out."""
+    return {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+
+
+def states_and_gradients(model, inputs: dict) -> tuple:
+    """Every hidden state of an encoder, and the gradients of a loss over the real tokens' last hidden states."""
+    model.zero_grad()
+    out = model(**inputs, output_hidden_states=True)
+    (out.last_hidden_state * inputs["attention_mask"][..., None]).pow(2).sum().backward()
+    return out.hidden_states, gradients(model)
+
+
+def loss_and_gradients(model, inputs: dict) -> tuple:
+    """A head's own loss on `inputs` (which hold its labels), and the gradients it gives."""
+    model.zero_grad()
+    loss = model(**inputs).loss
+    loss.backward()
+    return loss.detach(), gradients(model)
+
+
+def assert_close_by_name(actual, expected, **tolerances):
+    """The same names on both sides (parameters, gradients, weights, a model's outputs), and each tensor close to its
+    reference; a mismatch names its tensor and keeps assert_close's report."""
+    assert actual.keys() == expected.keys()
+    for name in expected.keys():
+        assert_close(actual[name], expected[name], msg=lambda message, name=name: f"{name}: {message}", **tolerances)
 
 
 # ---------------------------------------------------------------- subprocesses and the loopback Hub

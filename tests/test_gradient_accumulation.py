@@ -1,13 +1,12 @@
 """Trainer with gradient accumulation must take the same step as one big batch (the loss scaling is ours to get right)."""
 
 import datasets
-import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
 from deberta_lite import DebertaLiteForMaskedLM, DebertaLiteForSequenceClassification
 
-from helpers import tiny_config
+from helpers import assert_close_by_name, tiny_config
 
 
 def _one_sgd_step(model, dataset, output_dir, batch_size, accumulation):
@@ -31,8 +30,7 @@ def _compare(make_model, dataset, tmp_path):
     big, accumulated = results
     moved = max((big[name] - initial[name]).abs().max().item() for name in big)
     assert moved > 1e-3  # the step did something
-    for name in big:
-        torch.testing.assert_close(accumulated[name], big[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_close_by_name(accumulated, big, atol=1e-5, rtol=1e-4)
 
 
 def test_classifier_gradient_accumulation_matches_one_batch(tmp_path):

@@ -1,16 +1,20 @@
-"""Every DeBERTa-lite class loads transformers' DebertaV2 checkpoints, and the original DeBERTa ones, directly:
-`from_pretrained` translates the config and renames the weights. The reference is the DebertaV2 model that was saved."""
+"""Loading checkpoints with from_pretrained: every DeBERTa-lite class loads transformers' DebertaV2 checkpoints, and
+the original DeBERTa ones, directly (the config translated, the weights renamed), from a directory or a Hub id, and
+pickled weights only with use_safetensors=False. The reference is the DebertaV2 model that was saved.
+
+What belongs here: what from_pretrained accepts, refuses and reports. Converting directories with
+scripts/convert_checkpoint.py is tests/test_convert.py's; Auto classes and remote code are tests/test_auto.py's.
+"""
 
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.testing import assert_close
 from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
-    DebertaV2Config,
     DebertaV2ForMaskedLM,
     DebertaV2ForMultipleChoice,
     DebertaV2ForQuestionAnswering,
@@ -28,7 +32,18 @@ from deberta_lite import (
     DebertaLiteModel,
 )
 
-from helpers import CASES, V2_TINY, _inputs, hub_env, padded_batch, run_python
+from helpers import (
+    CASES,
+    POSITION_TABLE,
+    assert_close_by_name,
+    hub_env,
+    original_deberta_checkpoint,
+    padded_batch,
+    padded_inputs,
+    run_python,
+    save_pickled,
+    v2_config,
+)
 
 
 CLASSES = [
@@ -40,16 +55,15 @@ CLASSES = [
 ]
 # Three labels where the head's width is free (question answering has two outputs, multiple choice one).
 NUM_LABELS = {DebertaV2ForSequenceClassification: 3, DebertaV2ForTokenClassification: 3}
-POSITION_TABLE = "deberta.embeddings.position_embeddings.weight"
 
 
 def _reference(v2_class, case, **overrides):
     num_labels = NUM_LABELS.get(v2_class, 2)
-    return v2_class(DebertaV2Config(**V2_TINY, **CASES[case], num_labels=num_labels, **overrides)).eval()
+    return v2_class(v2_config(case, num_labels=num_labels, **overrides)).eval()
 
 
 def _inputs_for(model):
-    inputs = _inputs(model.config)
+    inputs = padded_inputs(model.config)
     if model.__class__.__name__.endswith("ForMultipleChoice"):  # (examples, choices, sequence): two examples
         return {key: None if value is None else torch.stack([value, value.flip(0)]) for key, value in inputs.items()}
     return inputs
@@ -60,9 +74,7 @@ def assert_same_outputs(actual_model, expected_model):
     inputs = _inputs_for(expected_model)
     with torch.no_grad():
         actual, expected = actual_model.eval()(**inputs), expected_model.eval()(**inputs)
-    assert actual.keys() == expected.keys()
-    for key in expected.keys():
-        assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-5, msg=lambda message, key=key: f"{key}: {message}")
+    assert_close_by_name(actual, expected, atol=1e-5, rtol=1e-5)
 
 
 def assert_nothing_left_out(info, missing=()):
@@ -161,8 +173,7 @@ def test_loads_from_a_hub_id(hub, tmp_path):
 
 def test_pickle_weights_load_only_with_use_safetensors_false(tmp_path):
     reference = _reference(DebertaV2ForSequenceClassification, "v3")
-    reference.config.save_pretrained(tmp_path)
-    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    save_pickled(reference, tmp_path)
     with pytest.raises(OSError, match="use_safetensors=False"):
         DebertaLiteForSequenceClassification.from_pretrained(tmp_path)
     lite, info = DebertaLiteForSequenceClassification.from_pretrained(
@@ -172,27 +183,8 @@ def test_pickle_weights_load_only_with_use_safetensors_false(tmp_path):
     assert_same_outputs(lite, reference)
 
 
-def _original_checkpoint(directory):
-    """A checkpoint laid out like Microsoft's DeBERTa-v3 releases: a config without `architectures`, the MLM head
-    under its original names, the absolute position table the EMD reads, and the replaced-token-detection head."""
-    reference = _reference(DebertaV2ForMaskedLM, "v3", legacy=False)
-    reference.save_pretrained(directory)
-    config = json.loads((directory / "config.json").read_text())
-    del config["architectures"]
-    (directory / "config.json").write_text(json.dumps(config))
-    weights = load_file(directory / "model.safetensors")
-    generator = torch.Generator().manual_seed(1)
-    table = torch.randn(64, 32, generator=generator)
-    weights[POSITION_TABLE] = table
-    for name, shape in [("dense.weight", (32, 32)), ("dense.bias", (32,)), ("LayerNorm.weight", (32,)),
-                        ("LayerNorm.bias", (32,)), ("classifier.weight", (1, 32)), ("classifier.bias", (1,))]:
-        weights[f"mask_predictions.{name}"] = torch.randn(shape, generator=generator)
-    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-    return reference, table
-
-
 def test_original_checkpoint_loads_into_the_masked_lm_with_its_position_table(tmp_path):
-    reference, table = _original_checkpoint(tmp_path)
+    reference, table = original_deberta_checkpoint(tmp_path)
     lite, info = DebertaLiteForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
     assert lite.uses_emd
     assert_nothing_left_out(info)  # the table loaded; the RTD head, which no class has, skipped quietly
@@ -201,7 +193,7 @@ def test_original_checkpoint_loads_into_the_masked_lm_with_its_position_table(tm
 
 
 def test_original_checkpoint_loads_into_a_classifier_skipping_what_it_does_not_read(tmp_path):
-    reference, _ = _original_checkpoint(tmp_path)
+    reference, _ = original_deberta_checkpoint(tmp_path)
     lite, info = DebertaLiteForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
     # The new head is initialised. The MLM head is reported unused, as transformers reports it for DebertaV2; the
     # absolute table (v3 inputs do not read it) and the RTD head are skipped without being reported.
@@ -214,8 +206,7 @@ def test_original_checkpoint_loads_into_a_classifier_skipping_what_it_does_not_r
 
 @pytest.mark.parametrize("lite_class", [DebertaLiteModel, DebertaLiteForMaskedLM])
 def test_debertav2_without_relative_attention_is_refused(lite_class, tmp_path):
-    config = DebertaV2Config(**{**V2_TINY, **CASES["v1"], "relative_attention": False})
-    DebertaV2ForMaskedLM(config).save_pretrained(tmp_path)
+    DebertaV2ForMaskedLM(v2_config("v1", relative_attention=False)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="relative_attention"):
         lite_class.from_pretrained(tmp_path)
 

@@ -1,3 +1,11 @@
+"""The model on its own: relative positions, every attention kernel against eager (forward and gradients, padding,
+long inputs, bf16), outputs and tuples, the task heads' losses, and bad input.
+
+What belongs here: how DeBERTa-lite computes, checked against itself and hand-computed values. Agreement with
+transformers' DebertaV2 is tests/test_parity.py's; the masked LM head and its enhanced mask decoder are
+tests/test_masked_lm.py's; torch.compile is tests/test_compile.py's.
+"""
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -12,7 +20,15 @@ from deberta_lite import (
 )
 from deberta_lite.attention import build_relative_position, make_log_bucket_position
 
-from helpers import padded_batch, tiny_config
+from helpers import (
+    assert_close_by_name,
+    gradients,
+    loss_and_gradients,
+    padded_batch,
+    padded_inputs,
+    states_and_gradients,
+    tiny_config,
+)
 
 
 VARIANTS = {
@@ -58,30 +74,26 @@ def test_relative_index_is_clamped_bucket_plus_span():
 # ---------------------------------------------------------------- attention backends
 
 
-def _forward_and_grads(model, input_ids, attention_mask, token_type_ids=None):
-    model.zero_grad()
-    out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True)
-    (out.last_hidden_state * attention_mask[..., None]).pow(2).sum().backward()
-    grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
-    return out.hidden_states, grads
+# The other kernels that train, each against eager. deberta_chunked in blocks of 5 query rows over 12: three blocks,
+# the last one short.
+TRAINING_KERNELS = {"sdpa": {}, "deberta_chunked": {"attention_chunk_size": 5}}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_sdpa_equals_eager_forward_and_gradients(variant):
+@pytest.mark.parametrize("backend", sorted(TRAINING_KERNELS))
+def test_kernel_equals_eager_forward_and_gradients(backend, variant):
     config = tiny_config(**VARIANTS[variant])
     model = DebertaLiteModel(config).train()  # dropout is 0 in the tiny config: train mode, deterministic
-    input_ids, attention_mask = padded_batch()
-    token_type_ids = (torch.arange(12) >= 6).long().expand(3, 12) if config.type_vocab_size else None
+    inputs = padded_inputs(config)
     model.set_attn_implementation("eager")
-    eager_states, eager_grads = _forward_and_grads(model, input_ids, attention_mask, token_type_ids)
-    model.set_attn_implementation("sdpa")
-    sdpa_states, sdpa_grads = _forward_and_grads(model, input_ids, attention_mask, token_type_ids)
+    eager_states, eager_grads = states_and_gradients(model, inputs)
+    model.set_attn_implementation(backend)
+    states, grads = states_and_gradients(model, {**inputs, **TRAINING_KERNELS[backend]})
     assert len(eager_states) == config.num_hidden_layers + 1
-    for eager, sdpa in zip(eager_states, sdpa_states):
-        assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
-    assert eager_grads.keys() == sdpa_grads.keys() and len(eager_grads) > 10
-    for name in eager_grads:
-        assert_close(sdpa_grads[name], eager_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+    for eager, state in zip(eager_states, states, strict=True):
+        assert_close(state, eager, atol=1e-5, rtol=1e-5)
+    assert len(eager_grads) > 10
+    assert_close_by_name(grads, eager_grads, atol=1e-5, rtol=1e-5)
 
 
 def test_default_backend_is_sdpa_and_eager_can_be_requested(tmp_path):
@@ -143,22 +155,13 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients():
     config = tiny_config(conv_kernel_size=3)
     model = DebertaLiteForSequenceClassification(config).train()
     input_ids, attention_mask = padded_batch()
-    labels = torch.tensor([0, 1, 0])
-
-    def run():
-        model.zero_grad()
-        loss = model(input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain_loss, plain_grads = run()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=torch.tensor([0, 1, 0]))
+    plain_loss, plain_grads = loss_and_gradients(model, inputs)
     model.activation_checkpointing_enable()
     assert all(layer.gradient_checkpointing for layer in model.deberta.layers)
-    checkpointed_loss, checkpointed_grads = run()
+    checkpointed_loss, checkpointed_grads = loss_and_gradients(model, inputs)
     assert_close(checkpointed_loss, plain_loss)
-    assert plain_grads.keys() == checkpointed_grads.keys()
-    for name in plain_grads:
-        assert_close(checkpointed_grads[name], plain_grads[name], msg=name)
+    assert_close_by_name(checkpointed_grads, plain_grads)
 
 
 def test_bare_encoder_has_no_length_cap_without_absolute_input_positions():
@@ -279,33 +282,6 @@ def test_absolute_input_positions_cap_the_length():
 # ---------------------------------------------------------------- memory-lean chunked kernel
 
 
-def _states_and_grads(model, input_ids, attention_mask, token_type_ids=None, **kwargs):
-    model.zero_grad()
-    out = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True,
-                **kwargs)
-    (out.last_hidden_state * attention_mask[..., None]).pow(2).sum().backward()
-    return out.hidden_states, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_chunked_kernel_equals_eager_forward_and_gradients(variant):
-    config = tiny_config(**VARIANTS[variant])
-    model = DebertaLiteModel(config).train()
-    input_ids, attention_mask = padded_batch()
-    token_type_ids = (torch.arange(12) >= 6).long().expand(3, 12) if config.type_vocab_size else None
-    model.set_attn_implementation("eager")
-    eager_states, eager_grads = _states_and_grads(model, input_ids, attention_mask, token_type_ids)
-    model.set_attn_implementation("deberta_chunked")
-    # Blocks of 5 query rows over 12: three blocks, the last one short.
-    chunked_states, chunked_grads = _states_and_grads(model, input_ids, attention_mask, token_type_ids,
-                                                      attention_chunk_size=5)
-    for eager, chunked in zip(eager_states, chunked_states, strict=True):
-        assert_close(chunked, eager, atol=1e-5, rtol=1e-5)
-    assert eager_grads.keys() == chunked_grads.keys()
-    for name in eager_grads:
-        assert_close(chunked_grads[name], eager_grads[name], atol=1e-5, rtol=1e-5, msg=name)
-
-
 def test_chunked_kernel_with_the_enhanced_mask_decoder():
     from deberta_lite import DebertaLiteForMaskedLM
 
@@ -324,14 +300,12 @@ def test_flex_kernel_equals_eager_forward(variant):
     """flex_attention's score_mod reads the same tables. Forward only: torch has no flex backward on a CPU."""
     config = tiny_config(**VARIANTS[variant])
     model = DebertaLiteModel(config).eval()
-    input_ids, attention_mask = padded_batch()
-    token_type_ids = (torch.arange(12) >= 6).long().expand(3, 12) if config.type_vocab_size else None
+    inputs = padded_inputs(config)
     outputs = {}
     for backend in ("eager", "deberta_flex"):
         model.set_attn_implementation(backend)
         with torch.no_grad():
-            outputs[backend] = model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                     output_hidden_states=True).hidden_states
+            outputs[backend] = model(**inputs, output_hidden_states=True).hidden_states
     for eager, flex in zip(outputs["eager"], outputs["deberta_flex"], strict=True):
         assert_close(flex, eager, atol=1e-5, rtol=1e-5)
 
@@ -408,7 +382,7 @@ def test_bf16_autocast_forward_and_backward_are_close_to_fp32(length):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(input_ids, attention_mask=attention_mask).last_hidden_state
         (out.float() * attention_mask[..., None]).pow(2).mean().backward()
-        results.append((out.float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        results.append((out.float(), gradients(model)))
     (reference, reference_grads), (mixed, mixed_grads) = results
     keep = attention_mask.bool()
     assert torch.isfinite(mixed).all()

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, EvalPrediction
 
 from deberta_lite.pretraining import load_raw_datasets, masked_accuracy, parse_overrides, predictions_from_logits
 
-from helpers import ROOT, load_script
+from helpers import assert_close_by_name, load_script
 
 
 pretrain_mlm = load_script("pretrain_mlm")
@@ -113,9 +113,7 @@ def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir
         [e["loss"] for e in straight_state["log_history"] if "loss" in e], abs=1e-6)
     straight, resumed = tmp_path / "straight" / "checkpoint-6", tmp_path / "resumed" / "checkpoint-6"
     before, after = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert before.keys() == after.keys()
-    for key in before:
-        torch.testing.assert_close(after[key], before[key], atol=1e-6, rtol=0, msg=key)
+    assert_close_by_name(after, before, atol=1e-6, rtol=0)
     optimizer_before = torch.load(straight / "optimizer.pt", weights_only=True)["state"]
     optimizer_after = torch.load(resumed / "optimizer.pt", weights_only=True)["state"]
     assert optimizer_before.keys() == optimizer_after.keys()

@@ -3,7 +3,7 @@ import itertools
 import pytest
 from transformers import AutoTokenizer, DebertaV2Tokenizer
 
-from deberta_lite.tokenization import SPECIAL_TOKENS, read_text_files, tokenizer_from_spm, train_unigram_tokenizer
+from deberta_lite.tokenization import SPECIAL_TOKENS, read_text_files, train_unigram_tokenizer
 
 from helpers import DATA, load_script, tiny_config
 
