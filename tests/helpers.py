@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
-from transformers import DebertaV2Config, DebertaV2ForMaskedLM
+from transformers import AutoModelForMaskedLM, AutoTokenizer, DebertaV2Config, DebertaV2ForMaskedLM
 
 from deberta_lite import DebertaLiteConfig
 
@@ -155,6 +155,19 @@ def assert_close_by_name(actual, expected, **tolerances):
     assert actual.keys() == expected.keys()
     for name in expected.keys():
         assert_close(actual[name], expected[name], msg=lambda message, name=name: f"{name}: {message}", **tolerances)
+
+
+def top_mask_predictions(directory, text: str, top_k: int, **tokenizer_kwargs) -> tuple[list[int], list[float]]:
+    """The saved masked LM's own top_k tokens and probabilities at the one mask in `text`, computed without a
+    pipeline: what fill-mask must report for it."""
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForMaskedLM.from_pretrained(directory).eval()
+    inputs = tokenizer(text, return_tensors="pt", **tokenizer_kwargs)
+    (position,) = (inputs["input_ids"][0] == tokenizer.mask_token_id).nonzero()[:, 0].tolist()
+    with torch.no_grad():
+        probabilities = model(**inputs).logits[0, position].softmax(-1)
+    scores, tokens = probabilities.topk(top_k)
+    return tokens.tolist(), scores.tolist()
 
 
 # ---------------------------------------------------------------- subprocesses and the loopback Hub

@@ -13,5 +13,6 @@ def test_benchmark_script_on_a_small_model(tmp_path):
     assert {r["model"] for r in rows if r["shape"] == "1x64"} == models
     assert {r["model"] for r in rows if r["shape"] == "1x128"} == models - {"transformers_debertav2"}
     assert {r["kind"] for r in rows} == {"forward", "train step"}
-    assert all(r["seconds"] > 0 and r["peak_bytes"] >= 0 for r in rows)
+    # Every row is complete and timed; the memory peak is a measurement with no value to check against.
+    assert all(set(r) == {"shape", "kind", "model", "seconds", "peak_bytes"} and r["seconds"] > 0 for r in rows)
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows

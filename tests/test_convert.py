@@ -55,8 +55,8 @@ def test_lite_to_debertav2_to_lite_is_lossless(case, tmp_path):
     inputs = padded_inputs(config)
     assert_close(v2(**inputs).logits, lite.eval()(**inputs).logits, atol=1e-5, rtol=1e-5)
     assert convert_checkpoint(tmp_path / "v2", tmp_path / "back") == "deberta-v2->deberta-lite"
-    before, after = load_file(tmp_path / "lite" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
-    assert_close_by_name(after, before, rtol=0, atol=0)
+    before = load_file(tmp_path / "lite" / "model.safetensors")
+    assert_close_by_name(load_file(tmp_path / "back" / "model.safetensors"), before, rtol=0, atol=0)
     config_before = json.loads((tmp_path / "lite" / "config.json").read_text())
     config_after = json.loads((tmp_path / "back" / "config.json").read_text())
     config_before.pop("transformers_version"), config_after.pop("transformers_version")
@@ -75,7 +75,8 @@ def test_absolute_position_table_goes_only_to_the_model_that_reads_it(tmp_path):
         convert_checkpoint(tmp_path / name / "v2", tmp_path / name / "lite")
     assert torch.equal(load_file(tmp_path / "mlm" / "lite" / "model.safetensors")[POSITION_TABLE], table)
     # The encoder never reads it (position_biased_input=False): it is not carried, and so never an unused parameter.
-    assert not any("position_embeddings" in key for key in load_file(tmp_path / "encoder" / "lite" / "model.safetensors"))
+    encoder_weights = load_file(tmp_path / "encoder" / "lite" / "model.safetensors")
+    assert not any("position_embeddings" in key for key in encoder_weights)
     assert DebertaLiteModel.from_pretrained(tmp_path / "encoder" / "lite").embeddings.position_embeddings is None
 
 

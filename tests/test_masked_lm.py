@@ -1,4 +1,9 @@
-"""The masked LM head and its enhanced mask decoder (EMD)."""
+"""The masked LM head and its enhanced mask decoder (EMD): logits against an independent computation, labels and the
+sparse opt-in, tied embeddings, fill-mask (pipeline and script) and Trainer's evaluation recipe.
+
+What belongs here: DebertaLiteForMaskedLM's own behaviour. Loading DebertaV2 masked LM checkpoints is
+tests/test_loading.py's, converting them tests/test_convert.py's.
+"""
 
 import shutil
 
@@ -10,7 +15,7 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_po
 
 from deberta_lite import DebertaLiteForMaskedLM
 
-from helpers import DATA, padded_batch, tiny_config
+from helpers import DATA, load_script, padded_batch, tiny_config, top_mask_predictions
 
 
 def _labels(input_ids, attention_mask, positions):
@@ -76,14 +81,6 @@ def test_sparse_prediction_decodes_only_masked_positions_with_the_same_loss():
     assert sparse.logits.shape == (5, 100)  # only the masked positions were decoded
     assert_close(sparse.logits, full.logits[labels != -100], atol=1e-5, rtol=1e-5)
     assert_close(sparse.loss, full.loss, atol=1e-6, rtol=1e-6)
-
-
-def test_batch_with_nothing_masked_has_zero_loss():
-    model = DebertaLiteForMaskedLM(tiny_config()).train()
-    input_ids, attention_mask = padded_batch()
-    loss = model(input_ids, attention_mask=attention_mask, labels=torch.full_like(input_ids, -100)).loss
-    loss.backward()
-    assert loss.item() == 0.0
 
 
 def test_emd_injects_absolute_positions_and_can_be_turned_off():
@@ -156,22 +153,24 @@ def test_fill_mask_pipeline_on_a_saved_checkpoint(tmp_path):
     model.save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")
     fill = pipeline("fill-mask", model=str(tmp_path / "checkpoint"), top_k=3)
-    predictions = fill(f"The man went to the {tokenizer.mask_token}.")
-    assert len(predictions) == 3
-    assert all(isinstance(p["token_str"], str) and 0 <= p["score"] <= 1 for p in predictions)
-    assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"]
+    text = f"The man went to the {tokenizer.mask_token}."
+    predictions = fill(text)
+    tokens, scores = top_mask_predictions(tmp_path / "checkpoint", text, top_k=3)
+    assert [p["token"] for p in predictions] == tokens
+    assert [p["score"] for p in predictions] == pytest.approx(scores, rel=1e-5)
+    assert [p["token_str"] for p in predictions] == [tokenizer.decode([token]) for token in tokens]
 
 
 def test_fill_mask_script(tmp_path, capsys):
-    from helpers import load_script
-
     shutil.copy(DATA / "spm" / "unigram_1000.model", tmp_path / "spm.model")
     tokenizer = DebertaV2Tokenizer.from_pretrained(tmp_path)
     DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")
     predictions = load_script("fill_mask").main([str(tmp_path / "checkpoint"), "The cat sat on the [MASK].",
                                                  "--top_k", "4"])
-    assert len(predictions) == 4
+    tokens, scores = top_mask_predictions(tmp_path / "checkpoint", "The cat sat on the [MASK].", top_k=4)
+    assert [p["token"] for p in predictions] == tokens
+    assert [p["score"] for p in predictions] == pytest.approx(scores, rel=1e-5)
     assert "DebertaLiteForMaskedLM" in capsys.readouterr().out
 
 
