@@ -1,4 +1,5 @@
-"""Shared fixtures: offline, seeded, tiny configs (vocab 100, hidden 32, 2 layers)."""
+"""Fixtures for every test module: no network, a fixed seed, a trained tokenizer (tokenizer_dir) and a loopback Hub
+(hub). Plain helpers (tiny configs, inputs, comparisons, subprocesses) are in helpers.py."""
 
 import os
 
