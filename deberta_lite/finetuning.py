@@ -5,7 +5,6 @@ and scipy, offline.
 """
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,8 +20,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .convert import convert_deberta_v2_to_lite
+from .configuration_deberta_lite import DEBERTA_V2_MODEL_TYPE
 from .data import read_table, row_location
+from .modeling_deberta_lite import DebertaLiteForSequenceClassification
 from .trainer import DebertaLiteTrainer
 from .tokenization import fit_tokenizer_to_model
 
@@ -282,32 +282,6 @@ def tokenize_task(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint(model_name_or_path: str, work_dir: str | Path, allow_pickle: bool = False) -> str:
-    """A DeBERTa-lite checkpoint to load: as given, or converted from a transformers DebertaV2 one (local or Hub)."""
-    local = Path(model_name_or_path)
-    if local.is_dir():
-        config_path = local / "config.json"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{config_path} not found: is {model_name_or_path} a checkpoint directory?")
-        model_type = json.loads(config_path.read_text()).get("model_type")
-        source = local
-    else:  # a Hub id
-        model_type = AutoConfig.from_pretrained(model_name_or_path).model_type
-        source = None
-    if model_type != "deberta-v2":
-        return model_name_or_path
-    if source is None:
-        from huggingface_hub import snapshot_download
-
-        source = Path(snapshot_download(
-            model_name_or_path,
-            allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"],
-        ))
-    target = Path(work_dir) / "converted-deberta-lite"
-    convert_deberta_v2_to_lite(source, target, allow_pickle=allow_pickle)
-    return str(target)
-
-
 def head_settings(spec: TaskSpec, cls_dropout: float | None = None, pooler_dropout: float | None = None) -> dict:
     """Config values of a classification head for `spec`: labels, problem type, and dropouts when given."""
     settings = {}
@@ -332,10 +306,21 @@ def load_classifier(
     spec: TaskSpec,
     cls_dropout: float | None = None,
     pooler_dropout: float | None = None,
+    allow_pickle: bool = False,
 ):
-    """A sequence classifier for `spec` from a checkpoint; a new head when the checkpoint has none (or another)."""
-    return AutoModelForSequenceClassification.from_pretrained(
-        checkpoint, ignore_mismatched_sizes=True, **head_settings(spec, cls_dropout, pooler_dropout)
+    """A sequence classifier for `spec` from a checkpoint; a new head when the checkpoint has none (or another).
+
+    A transformers DebertaV2 checkpoint (a directory or a Hub id) loads as DeBERTa-lite, converted as it loads.
+    Weights are read from safetensors; `allow_pickle` also reads a checkpoint that has only pickled weights
+    (`pytorch_model.bin`, with `torch.load(weights_only=True)`).
+    """
+    # The Auto classes would pick transformers' own DebertaV2 for a DebertaV2 config.
+    is_deberta_v2 = AutoConfig.from_pretrained(checkpoint).model_type == DEBERTA_V2_MODEL_TYPE
+    model_class = DebertaLiteForSequenceClassification if is_deberta_v2 else AutoModelForSequenceClassification
+    # use_safetensors=None: safetensors when the checkpoint has them, else the pickle.
+    pickle = {"use_safetensors": None} if allow_pickle else {}
+    return model_class.from_pretrained(
+        checkpoint, ignore_mismatched_sizes=True, **pickle, **head_settings(spec, cls_dropout, pooler_dropout)
     )
 
 

@@ -5,7 +5,7 @@
     python scripts/finetune_glue.py --train_file train.tsv --validation_file dev.tsv --test_file test.tsv \\
         --model_name_or_path CHECKPOINT --output_dir runs/mine --do_train --do_eval --do_predict
 
-`--model_name_or_path` takes a DeBERTa-lite checkpoint, a transformers DebertaV2 checkpoint (converted on the fly)
+`--model_name_or_path` takes a DeBERTa-lite checkpoint, a transformers DebertaV2 checkpoint (converted as it loads)
 or a Hub id. Per-task defaults come from configs/glue/<task>.json (local files: local.json), placed before your
 arguments so that anything you give wins. With no data arguments it fine-tunes the `make quickstart` checkpoint on
 the bundled sentiment sample (data/sentiment_sample). Outputs: the best checkpoint (by the task's main metric),
@@ -30,7 +30,6 @@ from deberta_lite.finetuning import (
     load_glue_task,
     load_local_task,
     predictions_from_output,
-    resolve_checkpoint,
     tokenize_task,
     write_predictions,
 )
@@ -53,7 +52,7 @@ class ModelArguments:
     cls_dropout: float | None = field(default=None, metadata={"help": "Dropout before the classifier."})
     pooler_dropout: float | None = field(default=None, metadata={"help": "Dropout inside the ContextPooler."})
     allow_pickle: bool = field(
-        default=False, metadata={"help": "Allow reading a pytorch_model.bin (weights_only) when converting DebertaV2."}
+        default=False, metadata={"help": "Also read a checkpoint that has only a pytorch_model.bin (weights_only)."}
     )
 
 
@@ -126,9 +125,10 @@ def main(argv=None) -> dict:
         data, spec = load_local_task(*files, text_columns=text_columns, label_column=data_args.label_column,
                                      task=GLUE_TASKS.get(data_args.task_name))
 
-    checkpoint = resolve_checkpoint(model_args.model_name_or_path, training_args.output_dir, model_args.allow_pickle)
+    checkpoint = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or checkpoint)
-    model = load_classifier(checkpoint, spec, model_args.cls_dropout, model_args.pooler_dropout)
+    model = load_classifier(checkpoint, spec, model_args.cls_dropout, model_args.pooler_dropout,
+                            model_args.allow_pickle)
     with training_args.main_process_first(desc="tokenising"):
         tokenized = tokenize_task(data, spec, tokenizer, data_args.max_seq_length,
                                   data_args.preprocessing_num_workers, not data_args.overwrite_cache)

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, DebertaV2ForMaskedLM,
                           pipeline)
 
@@ -209,6 +210,19 @@ def test_debertav2_checkpoint_is_converted_on_the_fly(checkpoint, tmp_path):
     metrics = _run(tmp_path / "v2", tmp_path / "run", *_files("sentiment_sample"), "--max_predict_samples", "10")
     assert "eval_accuracy" in metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "deberta-lite"
+    assert sorted(path.name for path in (tmp_path / "run").iterdir() if path.is_dir()) == ["checkpoint-3",
+                                                                                          "checkpoint-6"]
+
+    # Pickled weights only (as Microsoft's releases ship them): read with --allow_pickle alone.
+    (tmp_path / "v2" / "model.safetensors").unlink()
+    torch.save(v2.state_dict(), tmp_path / "v2" / "pytorch_model.bin")
+    with pytest.raises(OSError, match=r"pickled weights \(pytorch_model\.bin\)"):
+        _run(tmp_path / "v2", tmp_path / "refused", *_files("sentiment_sample"))
+    _run(tmp_path / "v2", tmp_path / "pickled", *_files("sentiment_sample"), "--max_predict_samples", "10",
+         "--allow_pickle")
+    pickled, loaded = (json.loads((tmp_path / run / "eval_results.json").read_text()) for run in ("pickled", "run"))
+    assert pickled["eval_loss"] == pytest.approx(loaded["eval_loss"], abs=1e-6)
+    assert pickled["eval_accuracy"] == loaded["eval_accuracy"]
 
 
 def test_command_line_overrides_the_recipe():
