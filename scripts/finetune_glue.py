@@ -114,13 +114,14 @@ def main(argv=None) -> dict:
     check_push_ready(training_args.push_to_hub, training_args.hub_token)  # before any work that could be lost
     set_seed(training_args.seed)
 
+    if not (data_args.task_name or data_args.train_file or data_args.validation_file or data_args.test_file):
+        logger.info("No data given: fine-tuning on the bundled sentiment sample %s", SAMPLE)
+        data_args.train_file, data_args.validation_file = str(SAMPLE / "train.tsv"), str(SAMPLE / "validation.tsv")
+
     files = (data_args.train_file, data_args.validation_file, data_args.test_file)
     if data_args.task_name and not any(files):
         data, spec = load_glue_task(data_args.task_name)
     else:
-        if not any(files):
-            logger.info("No data given: fine-tuning on the bundled sentiment sample %s", SAMPLE)
-            files = (str(SAMPLE / "train.tsv"), str(SAMPLE / "validation.tsv"), None)
         text_columns = tuple(c.strip() for c in data_args.text_columns.split(",")) if data_args.text_columns else None
         data, spec = load_local_task(*files, text_columns=text_columns, label_column=data_args.label_column,
                                      task=GLUE_TASKS.get(data_args.task_name))
