@@ -16,7 +16,9 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     DataCollatorWithPadding,
+    EarlyStoppingCallback,
     PreTrainedTokenizerBase,
 )
 
@@ -340,6 +342,77 @@ def build_trainer(model, tokenizer, spec: TaskSpec, training_args, train_set, ev
         compute_metrics=metrics_function(spec),
         callbacks=list(callbacks),
     )
+
+
+def run_finetuning(model_args, data_args, training_args) -> dict:
+    files = (data_args.train_file, data_args.validation_file, data_args.test_file)
+    if data_args.task_name and not any(files):
+        data, spec = load_glue_task(data_args.task_name)
+    else:
+        text_columns = tuple(c.strip() for c in data_args.text_columns.split(",")) if data_args.text_columns else None
+        data, spec = load_local_task(*files, text_columns=text_columns, label_column=data_args.label_column,
+                                     task=GLUE_TASKS.get(data_args.task_name))
+
+    checkpoint = model_args.model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or checkpoint)
+    model = load_classifier(checkpoint, spec, model_args.cls_dropout, model_args.pooler_dropout,
+                            model_args.allow_pickle)
+    with training_args.main_process_first(desc="tokenising"):
+        tokenized = tokenize_task(data, spec, tokenizer, data_args.max_seq_length,
+                                  data_args.preprocessing_num_workers, not data_args.overwrite_cache)
+
+    def limit(dataset, count):
+        return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+
+    if training_args.do_train and "train" not in tokenized:
+        raise ValueError("--do_train needs training data (--train_file or a GLUE task with a train split)")
+    evaluation_splits = [split for split in spec.evaluation_splits if split in tokenized]
+    eval_sets = {split: limit(tokenized[split], data_args.max_eval_samples) for split in evaluation_splits}
+    train_set = limit(tokenized["train"], data_args.max_train_samples) if training_args.do_train else None
+    if training_args.load_best_model_at_end and training_args.metric_for_best_model in (None, "loss") and eval_sets:
+        logger.warning("selecting the best checkpoint by eval loss; the task's main metric is %s "
+                       "(--metric_for_best_model %s --greater_is_better true)", spec.main_metric, spec.main_metric)
+    if not eval_sets:
+        training_args.load_best_model_at_end = False
+    callbacks = []
+    if data_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+
+    trainer = build_trainer(model, tokenizer, spec, training_args, train_set,
+                            eval_sets[evaluation_splits[0]] if eval_sets else None, callbacks)
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        evaluation = {}
+        for i, split in enumerate(evaluation_splits):  # MNLI: matched as eval_*, mismatched as eval_mismatched_*
+            prefix = "eval" if i == 0 else f"eval_{split.removeprefix('validation_')}"
+            evaluation.update(trainer.evaluate(eval_sets[split], metric_key_prefix=prefix))
+        trainer.log_metrics("eval", evaluation)
+        trainer.save_metrics("eval", evaluation)
+        metrics.update(evaluation)
+    if training_args.do_predict:
+        for split, filename in spec.submission_files.items():
+            if split not in tokenized:
+                continue
+            test_set = limit(tokenized[split], data_args.max_predict_samples)
+            indices = test_set["idx"] if "idx" in test_set.column_names else range(len(test_set))
+            test_set = test_set.remove_columns([c for c in ("labels", "idx") if c in test_set.column_names])
+            predictions = predictions_from_output(spec, trainer.predict(test_set, metric_key_prefix="predict").predictions)
+            if trainer.is_world_process_zero():
+                path = write_predictions(Path(training_args.output_dir) / filename, spec, indices, predictions)
+                logger.info("wrote %d predictions to %s", len(predictions), path)
+    card = {"finetuned_from": model_args.model_name_or_path, "dataset": "nyu-mll/glue" if data_args.task_name else None}
+    if training_args.push_to_hub:  # the final card, with the evaluation results
+        trainer.push_to_hub(**card)
+    elif trainer.is_world_process_zero() and training_args.do_train:  # a card for the model this run saved
+        trainer.create_model_card(model_name=Path(training_args.output_dir).name, **card)
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------------------------
