@@ -1,7 +1,8 @@
-"""The library side of GLUE-style fine-tuning: tasks, data and labels, metrics, models, submission files.
+"""The library side of GLUE-style fine-tuning: tasks, data and labels, metrics, models, submission files, and
+`run_finetuning`, a whole run.
 
-`scripts/finetune_glue.py` is a thin Trainer script over these functions. Metrics are computed with scikit-learn
-and scipy, offline.
+`scripts/finetune_glue.py` parses its options and calls `run_finetuning`; `scripts/compare_finetuning.py` and the
+tests call the parts directly. Metrics are computed with scikit-learn and scipy, offline.
 """
 
 import csv
@@ -250,6 +251,11 @@ def load_glue_task(task_name: str, cache_dir: str | None = None) -> tuple[datase
     return raw.rename_column("label", "labels"), spec
 
 
+def first_rows(dataset: datasets.Dataset, count: int | None) -> datasets.Dataset:
+    """The first `count` rows, or all of them when `count` is None (the --max_*_samples options)."""
+    return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+
+
 def tokenize_task(
     data: datasets.DatasetDict,
     spec: TaskSpec,
@@ -344,77 +350,6 @@ def build_trainer(model, tokenizer, spec: TaskSpec, training_args, train_set, ev
     )
 
 
-def run_finetuning(model_args, data_args, training_args) -> dict:
-    files = (data_args.train_file, data_args.validation_file, data_args.test_file)
-    if data_args.task_name and not any(files):
-        data, spec = load_glue_task(data_args.task_name)
-    else:
-        text_columns = tuple(c.strip() for c in data_args.text_columns.split(",")) if data_args.text_columns else None
-        data, spec = load_local_task(*files, text_columns=text_columns, label_column=data_args.label_column,
-                                     task=GLUE_TASKS.get(data_args.task_name))
-
-    checkpoint = model_args.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or checkpoint)
-    model = load_classifier(checkpoint, spec, model_args.cls_dropout, model_args.pooler_dropout,
-                            model_args.allow_pickle)
-    with training_args.main_process_first(desc="tokenising"):
-        tokenized = tokenize_task(data, spec, tokenizer, data_args.max_seq_length,
-                                  data_args.preprocessing_num_workers, not data_args.overwrite_cache)
-
-    def limit(dataset, count):
-        return dataset if count is None else dataset.select(range(min(count, len(dataset))))
-
-    if training_args.do_train and "train" not in tokenized:
-        raise ValueError("--do_train needs training data (--train_file or a GLUE task with a train split)")
-    evaluation_splits = [split for split in spec.evaluation_splits if split in tokenized]
-    eval_sets = {split: limit(tokenized[split], data_args.max_eval_samples) for split in evaluation_splits}
-    train_set = limit(tokenized["train"], data_args.max_train_samples) if training_args.do_train else None
-    if training_args.load_best_model_at_end and training_args.metric_for_best_model in (None, "loss") and eval_sets:
-        logger.warning("selecting the best checkpoint by eval loss; the task's main metric is %s "
-                       "(--metric_for_best_model %s --greater_is_better true)", spec.main_metric, spec.main_metric)
-    if not eval_sets:
-        training_args.load_best_model_at_end = False
-    callbacks = []
-    if data_args.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
-
-    trainer = build_trainer(model, tokenizer, spec, training_args, train_set,
-                            eval_sets[evaluation_splits[0]] if eval_sets else None, callbacks)
-    metrics = {}
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.save_state()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        metrics.update(result.metrics)
-    if training_args.do_eval:
-        evaluation = {}
-        for i, split in enumerate(evaluation_splits):  # MNLI: matched as eval_*, mismatched as eval_mismatched_*
-            prefix = "eval" if i == 0 else f"eval_{split.removeprefix('validation_')}"
-            evaluation.update(trainer.evaluate(eval_sets[split], metric_key_prefix=prefix))
-        trainer.log_metrics("eval", evaluation)
-        trainer.save_metrics("eval", evaluation)
-        metrics.update(evaluation)
-    if training_args.do_predict:
-        for split, filename in spec.submission_files.items():
-            if split not in tokenized:
-                continue
-            test_set = limit(tokenized[split], data_args.max_predict_samples)
-            indices = test_set["idx"] if "idx" in test_set.column_names else range(len(test_set))
-            test_set = test_set.remove_columns([c for c in ("labels", "idx") if c in test_set.column_names])
-            predictions = predictions_from_output(spec, trainer.predict(test_set, metric_key_prefix="predict").predictions)
-            if trainer.is_world_process_zero():
-                path = write_predictions(Path(training_args.output_dir) / filename, spec, indices, predictions)
-                logger.info("wrote %d predictions to %s", len(predictions), path)
-    card = {"finetuned_from": model_args.model_name_or_path, "dataset": "nyu-mll/glue" if data_args.task_name else None}
-    if training_args.push_to_hub:  # the final card, with the evaluation results
-        trainer.push_to_hub(**card)
-    elif trainer.is_world_process_zero() and training_args.do_train:  # a card for the model this run saved
-        trainer.create_model_card(model_name=Path(training_args.output_dir).name, **card)
-    return metrics
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Submission files
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,3 +366,106 @@ def write_predictions(path: str | Path, spec: TaskSpec, indices, predictions: np
         for index, prediction in zip(indices, predictions):
             writer.writerow([int(index), f"{float(prediction):.6g}" if spec.is_regression else labels[int(prediction)]])
     return path
+
+
+def write_submission_files(trainer, spec: TaskSpec, test_sets: dict[str, datasets.Dataset], output_dir) -> None:
+    """Predict each test split (GLUE's idx kept as the index) into its submission file in `output_dir`."""
+    for split, test_set in test_sets.items():
+        indices = test_set["idx"] if "idx" in test_set.column_names else range(len(test_set))
+        test_set = test_set.remove_columns([c for c in ("labels", "idx") if c in test_set.column_names])
+        predictions = predictions_from_output(spec, trainer.predict(test_set, metric_key_prefix="predict").predictions)
+        if trainer.is_world_process_zero():
+            path = write_predictions(Path(output_dir) / spec.submission_files[split], spec, indices, predictions)
+            logger.info("wrote %d predictions to %s", len(predictions), path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A whole run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_finetuning(
+    training_args,
+    model_name_or_path: str,
+    *,
+    task_name: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    test_file: str | None = None,
+    text_columns: tuple[str, ...] | None = None,
+    label_column: str = "label",
+    tokenizer_name: str | None = None,
+    cls_dropout: float | None = None,
+    pooler_dropout: float | None = None,
+    allow_pickle: bool = False,
+    max_seq_length: int = 128,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    max_predict_samples: int | None = None,
+    preprocessing_num_workers: int | None = None,
+    overwrite_cache: bool = False,
+    early_stopping_patience: int | None = None,
+) -> dict:
+    """Fine-tune (`do_train`), evaluate (`do_eval`) and write submission files (`do_predict`); returns the train_*
+    and eval_* metrics. The parameters are scripts/finetune_glue.py's options.
+
+    The data: a GLUE task from the Hub, or local files; the model: `model_name_or_path` with a classification head
+    for the task (`load_classifier`). Written to output_dir: the trained model (the best checkpoint with
+    load_best_model_at_end) and its tokenizer, train_results.json, eval_results.json (MNLI: matched as eval_*,
+    mismatched as eval_mismatched_*), the task's submission files, and a model card (pushed with push_to_hub).
+    """
+    files = (train_file, validation_file, test_file)
+    if task_name and not any(files):
+        data, spec = load_glue_task(task_name)
+    else:  # local files, read with the GLUE task's labels and metrics when task_name names one
+        data, spec = load_local_task(*files, text_columns=text_columns, label_column=label_column,
+                                     task=GLUE_TASKS.get(task_name))
+    if training_args.do_train and "train" not in data:
+        raise ValueError("--do_train needs training data (--train_file or a GLUE task with a train split)")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or model_name_or_path)
+    model = load_classifier(model_name_or_path, spec, cls_dropout, pooler_dropout, allow_pickle)
+    with training_args.main_process_first(desc="tokenising"):
+        tokenized = tokenize_task(data, spec, tokenizer, max_seq_length, preprocessing_num_workers,
+                                  not overwrite_cache)
+
+    eval_sets = {split: first_rows(tokenized[split], max_eval_samples)
+                 for split in spec.evaluation_splits if split in tokenized}
+    train_set = first_rows(tokenized["train"], max_train_samples) if training_args.do_train else None
+    if training_args.load_best_model_at_end and training_args.metric_for_best_model in (None, "loss") and eval_sets:
+        logger.warning("selecting the best checkpoint by eval loss; the task's main metric is %s "
+                       "(--metric_for_best_model %s --greater_is_better true)", spec.main_metric, spec.main_metric)
+    if not eval_sets:
+        training_args.load_best_model_at_end = False
+    callbacks = []
+    if early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    # Checkpoints are chosen on the first evaluation split (MNLI: matched).
+    trainer = build_trainer(model, tokenizer, spec, training_args, train_set, next(iter(eval_sets.values()), None),
+                            callbacks)
+
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        evaluation = {}
+        for i, (split, eval_set) in enumerate(eval_sets.items()):
+            prefix = "eval" if i == 0 else f"eval_{split.removeprefix('validation_')}"
+            evaluation.update(trainer.evaluate(eval_set, metric_key_prefix=prefix))
+        trainer.log_metrics("eval", evaluation)
+        trainer.save_metrics("eval", evaluation)
+        metrics.update(evaluation)
+    if training_args.do_predict:
+        test_sets = {split: first_rows(tokenized[split], max_predict_samples)
+                     for split in spec.submission_files if split in tokenized}
+        write_submission_files(trainer, spec, test_sets, training_args.output_dir)
+    card = {"finetuned_from": model_name_or_path, "dataset": GLUE_HUB_ID if task_name else None}
+    if training_args.push_to_hub:  # the final card, with the evaluation results
+        trainer.push_to_hub(**card)
+    elif trainer.is_world_process_zero() and training_args.do_train:  # a card for the model this run saved
+        trainer.create_model_card(model_name=Path(training_args.output_dir).name, **card)
+    return metrics

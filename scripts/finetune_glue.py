@@ -16,7 +16,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import transformers
@@ -109,7 +109,11 @@ def main(argv=None) -> dict:
         logger.info("No data given: fine-tuning on the bundled sentiment sample %s", SAMPLE)
         data_args.train_file, data_args.validation_file = str(SAMPLE / "train.tsv"), str(SAMPLE / "validation.tsv")
 
-    return run_finetuning(model_args, data_args, training_args)
+    # The fields of both dataclasses are run_finetuning's parameters; the recipe was read by recipe_arguments.
+    data = {name: value for name, value in asdict(data_args).items() if name != "recipe"}
+    if data_args.text_columns:
+        data["text_columns"] = tuple(column.strip() for column in data_args.text_columns.split(","))
+    return run_finetuning(training_args, **asdict(model_args), **data)
 
 
 if __name__ == "__main__":

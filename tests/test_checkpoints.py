@@ -163,10 +163,10 @@ def _train_classifier(trainer_class, output_dir, args_out: list | None = None) -
         evaluations.append(1)
         return {"score": -len(evaluations)}
 
-    args = TrainingArguments(output_dir=str(output_dir), max_steps=6, per_device_train_batch_size=2, eval_strategy="steps",
-                             eval_steps=2, save_steps=2, save_total_limit=1, load_best_model_at_end=True,
-                             metric_for_best_model="score", greater_is_better=True, use_cpu=True, report_to="none",
-                             disable_tqdm=True, seed=0)
+    args = TrainingArguments(output_dir=str(output_dir), max_steps=6, per_device_train_batch_size=2,
+                             eval_strategy="steps", eval_steps=2, save_steps=2, save_total_limit=1,
+                             load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True,
+                             use_cpu=True, report_to="none", disable_tqdm=True, seed=0)
     if args_out is not None:
         args_out.append(args)
     torch.manual_seed(0)
