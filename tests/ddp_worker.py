@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+from transformers import DebertaV2ForSequenceClassification
 
 from deberta_lite import DebertaLiteForMaskedLM, DebertaLiteForSequenceClassification
 
-from conftest import padded_batch, tiny_config
-from test_parity import CASES, V2_TINY
+from helpers import padded_batch, tiny_config, v2_config
 
 
 MODELS = {
@@ -29,7 +28,7 @@ MODELS = {
     "DebertaLiteForMaskedLM": lambda: DebertaLiteForMaskedLM(tiny_config()),
     # transformers' own DeBERTa-v3 layout, as a reference that trains under the same wrapper.
     "DebertaV2ForSequenceClassification": lambda: DebertaV2ForSequenceClassification(
-        DebertaV2Config(**V2_TINY, **CASES["v3"], num_labels=3)),
+        v2_config("v3", num_labels=3)),
 }
 
 

@@ -13,7 +13,14 @@ from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 from transformers import AutoModelForMaskedLM, AutoTokenizer, DebertaV2Config, DebertaV2ForMaskedLM
 
-from deberta_lite import DebertaLiteConfig
+from deberta_lite import (
+    DebertaLiteConfig,
+    DebertaLiteForMaskedLM,
+    DebertaLiteForMultipleChoice,
+    DebertaLiteForQuestionAnswering,
+    DebertaLiteForSequenceClassification,
+    DebertaLiteForTokenClassification,
+)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,3 +220,35 @@ def hub_env(url: str, home, token: bool = True) -> dict:
     if token:
         env["HF_TOKEN"] = "hf_test_token"
     return env
+
+
+def mlm_labels(input_ids, attention_mask, seed=1):
+    """About a third of the real tokens as targets, the rest ignored."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = (torch.rand(input_ids.shape, generator=generator) < 0.35) & attention_mask.bool()
+    return input_ids.masked_fill(~keep, -100)
+
+
+def head_config(model_class, **overrides):
+    """The tiny config with a label count the head accepts (question answering needs 2: start and end)."""
+    return tiny_config(num_labels=2 if model_class is DebertaLiteForQuestionAnswering else 3, **overrides)
+
+
+def head_inputs(model_class, config, labels: bool = True) -> dict:
+    """A padded batch in the head's input layout, with the head's training targets when `labels`."""
+    input_ids, attention_mask = padded_batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask)
+    targets = {}
+    if model_class is DebertaLiteForMaskedLM:
+        targets["labels"] = mlm_labels(input_ids, attention_mask)
+    elif model_class is DebertaLiteForSequenceClassification:
+        targets["labels"] = torch.tensor([2, 0, 1]) % config.num_labels
+    elif model_class is DebertaLiteForTokenClassification:
+        targets["labels"] = (input_ids % config.num_labels).masked_fill(attention_mask == 0, -100)
+    elif model_class is DebertaLiteForQuestionAnswering:
+        targets.update(start_positions=torch.tensor([1, 2, 3]), end_positions=torch.tensor([3, 5, 4]))
+    elif model_class is DebertaLiteForMultipleChoice:  # 2 questions with 3 choices each
+        input_ids, attention_mask = padded_batch(batch=6)
+        inputs = dict(input_ids=input_ids.view(2, 3, -1), attention_mask=attention_mask.view(2, 3, -1))
+        targets["labels"] = torch.tensor([2, 0])
+    return {**inputs, **targets} if labels else inputs

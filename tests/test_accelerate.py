@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _free_port() -> int:

@@ -20,42 +20,10 @@ from deberta_lite import (
     DebertaLiteModel,
 )
 
-from conftest import padded_batch, tiny_config
+from helpers import head_config, head_inputs, loss_and_gradients, mlm_labels, padded_batch, tiny_config
 
 
 TIED_DECODER = "lm_head.decoder.weight"
-
-
-def _mlm_labels(input_ids, attention_mask, seed=1):
-    """About a third of the real tokens as targets, the rest ignored."""
-    generator = torch.Generator().manual_seed(seed)
-    keep = (torch.rand(input_ids.shape, generator=generator) < 0.35) & attention_mask.bool()
-    return input_ids.masked_fill(~keep, -100)
-
-
-def head_config(model_class, **overrides):
-    """The tiny config with a label count the head accepts (question answering needs 2: start and end)."""
-    return tiny_config(num_labels=2 if model_class is DebertaLiteForQuestionAnswering else 3, **overrides)
-
-
-def head_inputs(model_class, config, labels: bool = True) -> dict:
-    """A padded batch in the head's input layout, with the head's training targets when `labels`."""
-    input_ids, attention_mask = padded_batch()
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask)
-    targets = {}
-    if model_class is DebertaLiteForMaskedLM:
-        targets["labels"] = _mlm_labels(input_ids, attention_mask)
-    elif model_class is DebertaLiteForSequenceClassification:
-        targets["labels"] = torch.tensor([2, 0, 1]) % config.num_labels
-    elif model_class is DebertaLiteForTokenClassification:
-        targets["labels"] = (input_ids % config.num_labels).masked_fill(attention_mask == 0, -100)
-    elif model_class is DebertaLiteForQuestionAnswering:
-        targets.update(start_positions=torch.tensor([1, 2, 3]), end_positions=torch.tensor([3, 5, 4]))
-    elif model_class is DebertaLiteForMultipleChoice:  # 2 questions with 3 choices each
-        input_ids, attention_mask = padded_batch(batch=6)
-        inputs = dict(input_ids=input_ids.view(2, 3, -1), attention_mask=attention_mask.view(2, 3, -1))
-        targets["labels"] = torch.tensor([2, 0])
-    return {**inputs, **targets} if labels else inputs
 
 
 # ---------------------------------------------------------------- saved weights
@@ -103,7 +71,7 @@ def _train_masked_lm(tie: bool, output_dir, seed: int, resume_from_checkpoint=No
     """The model after 3 AdamW steps of Trainer on a tiny MLM, which saves a checkpoint after step 2."""
     input_ids, attention_mask = padded_batch(batch=8, seed=3)
     dataset = datasets.Dataset.from_dict({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(),
-                                          "labels": _mlm_labels(input_ids, attention_mask).tolist()})
+                                          "labels": mlm_labels(input_ids, attention_mask).tolist()})
     torch.manual_seed(seed)
     model = DebertaLiteForMaskedLM(tiny_config(tie_word_embeddings=tie))
     args = TrainingArguments(output_dir=str(output_dir), max_steps=3, save_steps=2, per_device_train_batch_size=2,
@@ -179,13 +147,6 @@ def test_masked_lm_without_the_emd_has_no_untrained_parameter():
 # ---------------------------------------------------------------- activation checkpointing
 
 
-def _loss_and_gradients(model, inputs):
-    model.zero_grad()
-    loss = model(**inputs).loss
-    loss.backward()
-    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("frozen_base", [False, True], ids=["full", "frozen_base"])
 @pytest.mark.parametrize("use_reentrant", [True, False])
 @pytest.mark.parametrize("model_class", [DebertaLiteForMaskedLM, DebertaLiteForSequenceClassification],
@@ -194,17 +155,18 @@ def test_checkpointing_gives_the_plain_gradients(model_class, use_reentrant, fro
     """Trainer's --gradient_checkpointing with --gradient_checkpointing_kwargs '{"use_reentrant": true}', as PEFT and
     DeepSpeed recipes set it: reentrant checkpointing replays only positional tensors, and the EMD calls the last layer
     again with its own queries. `frozen_base` trains only the query and value projections and what follows the
-    encoder, as LoRA does: the embeddings' output then needs the grad transformers' checkpointing enables on it."""
-    config = head_config(model_class)  # dropout 0: train mode is deterministic
+    encoder, as LoRA does: the embeddings' output then needs the grad transformers' checkpointing enables on it.
+    The first layer carries the v2 convolution, which checkpointing replays too."""
+    config = head_config(model_class, conv_kernel_size=3)  # dropout 0: train mode is deterministic
     model = model_class(config).train()
     if frozen_base:
         for name, param in model.named_parameters():
             param.requires_grad_(not name.startswith("deberta.") or "query_proj" in name or "value_proj" in name)
     inputs = head_inputs(model_class, config)
-    plain_loss, plain_grads = _loss_and_gradients(model, inputs)
+    plain_loss, plain_grads = loss_and_gradients(model, inputs)
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert all(layer.gradient_checkpointing for layer in model.deberta.layers)
-    checkpointed_loss, checkpointed_grads = _loss_and_gradients(model, inputs)
+    checkpointed_loss, checkpointed_grads = loss_and_gradients(model, inputs)
     assert_close(checkpointed_loss, plain_loss, atol=1e-6, rtol=1e-6)
     assert checkpointed_grads.keys() == plain_grads.keys()
     assert {"deberta.layers.0.attention.query_proj.weight", "deberta.layers.1.attention.value_proj.weight"} <= set(

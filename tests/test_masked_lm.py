@@ -227,3 +227,13 @@ def test_trainer_evaluation_with_the_run_mlm_accuracy_recipe(tmp_path):
     # which is not the mean over all masked tokens when batches hold different counts.
     assert metrics["eval_loss"] == pytest.approx(torch.stack(batch_losses).mean().item(), rel=1e-5)
     assert abs(metrics["eval_loss"] - all_tokens_loss.item()) > 1e-3
+
+
+def test_masked_lm_loss_without_masked_tokens_is_zero_and_backpropagates():
+    torch.manual_seed(0)
+    model = DebertaLiteForMaskedLM(tiny_config())
+    input_ids, attention_mask = padded_batch()
+    loss = model(input_ids, attention_mask=attention_mask, labels=torch.full_like(input_ids, -100)).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)

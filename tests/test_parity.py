@@ -18,8 +18,7 @@ from transformers import (
 from deberta_lite import DebertaLiteForSequenceClassification, DebertaLiteModel
 from deberta_lite.convert import convert_checkpoint
 
-# V2_TINY: tests/ddp_worker.py still imports it from this module.
-from helpers import CASES, V2_TINY, padded_inputs, v2_config  # noqa: F401
+from helpers import CASES, padded_inputs, v2_config
 
 
 def _convert(reference, tmp_path, name="lite"):
