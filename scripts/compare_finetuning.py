@@ -6,7 +6,7 @@ on binary sentiment and six question types; report dev metrics.
     python scripts/compare_finetuning.py --output_dir outputs/compare_finetuning
 
 Each task is a folder of --data_dir holding train.tsv and validation.tsv: by default the samples bundled in data/;
-point --data_dir and --tasks at larger splits of the same data sets for the experiment the README reports.
+point --data_dir and --tasks at larger splits of the same data sets for the experiment docs/experiments.md reports.
 """
 
 import argparse

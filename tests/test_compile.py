@@ -3,7 +3,7 @@ Without fullgraph, as Trainer's --torch_compile compiles, every head is one grap
 
 The full-graph tests compile with the `aot_eager` backend: dynamo's full-graph capture and AOT autograd, the parts a
 model can break, without inductor's C++ code generation, which takes minutes per graph on a CPU. (Inductor itself was
-checked by hand; see the README's Deploy section.) The others count graphs with dynamo's explain and a counting
+checked by hand; see docs/deployment.md.) The others count graphs with dynamo's explain and a counting
 backend, which compile nothing.
 """
 
@@ -24,7 +24,7 @@ from helpers import head_config, head_inputs, padded_batch, tiny_config
 
 
 # deberta_flex is left out: on a CPU, compiling it traces, but afterwards transformers' output capture stays in its
-# "compiling" state, so later uncompiled calls in the same process lose their hidden states (see the README).
+# "compiling" state, so later uncompiled calls in the same process lose their hidden states (see docs/deployment.md, Limitations).
 BACKENDS = ["eager", "sdpa", "deberta_chunked"]
 
 
