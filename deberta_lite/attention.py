@@ -135,9 +135,7 @@ class DisentangledBias:
     memory-lean kernel, and `score_mod()` looks entries up one by one for flex attention.
     """
 
-    def __init__(
-        self, c2p_table: torch.Tensor | None, p2c_table: torch.Tensor | None, relative_pos: torch.LongTensor
-    ):
+    def __init__(self, c2p_table: torch.Tensor | None, p2c_table: torch.Tensor | None, relative_pos: torch.LongTensor):
         self.c2p_table = c2p_table  # (B, nh, Nq, 2k)
         self.p2c_table = p2c_table  # (B, nh, Nk, 2k)
         self.relative_pos = relative_pos  # (Nq, Nk)
@@ -238,8 +236,10 @@ def flex_attention_forward(
     It has no attention dropout.
     """
     if dropout > 0:
-        raise ValueError("attn_implementation='deberta_flex' has no attention dropout: set "
-                         "attention_probs_dropout_prob=0 or use 'sdpa'")
+        raise ValueError(
+            "attn_implementation='deberta_flex' has no attention dropout: set "
+            "attention_probs_dropout_prob=0 or use 'sdpa'"
+        )
     score_mod = disentangled_bias.score_mod(attention_mask, torch.finfo(query.dtype).min)
     flex = compiled_flex_attention() if query.is_cuda else flex_attention
     attn_output = flex(query, key, value, score_mod=score_mod, scale=scaling)

@@ -93,8 +93,9 @@ def verify_checkpoint(checkpoint_dir: str | Path) -> Path:
             raise CheckpointError(f"{path} is missing from checkpoint {checkpoint_dir}")
         size = path.stat().st_size
         if size != record["size"]:
-            raise CheckpointError(f"{path} is truncated or altered: {size} bytes, the checkpoint recorded "
-                                  f"{record['size']}")
+            raise CheckpointError(
+                f"{path} is truncated or altered: {size} bytes, the checkpoint recorded {record['size']}"
+            )
         if _sha256(path) != record["sha256"]:
             raise CheckpointError(f"{path} is corrupted: its SHA-256 differs from the one recorded when it was saved")
     return checkpoint_dir
@@ -154,8 +155,10 @@ class CrashSafeCheckpoints(TrainerCallback):
                 "None to the Trainer"
             )
         if state.is_hyper_param_search and state.trial_name is None:
-            raise ValueError("a hyperparameter search with crash-safe checkpoints needs hp_name: without it the "
-                             "trial's checkpoint folder is named after a trial number the callbacks do not see")
+            raise ValueError(
+                "a hyperparameter search with crash-safe checkpoints needs hp_name: without it the "
+                "trial's checkpoint folder is named after a trial number the callbacks do not see"
+            )
 
     def on_save(self, args, state, control, **kwargs):
         PartialState().wait_for_everyone()  # every process has written its shards and RNG state
@@ -163,8 +166,12 @@ class CrashSafeCheckpoints(TrainerCallback):
             return
         run_dir = _run_directory(args, state)
         mark_complete(run_dir / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.save_total_limit,
-                           best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)
+        rotate_checkpoints(
+            output_dir=str(run_dir),
+            save_total_limit=self.save_total_limit,
+            best_model_checkpoint=state.best_model_checkpoint,
+            use_mtime=True,
+        )
 
     def on_train_end(self, args, state, control, **kwargs):
         # Trainer's end-of-training rule for a limit of 1, which it skips without a limit: keep only the best.

@@ -174,8 +174,17 @@ class DebertaLiteConfig(PreTrainedConfig):
     def _check_values(self):
         # Plain ValueErrors raised here, at construction: strict's `validate_*` hooks would wrap them in another
         # exception type.
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "embedding_size", "pooler_hidden_size", "conv_groups"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "embedding_size",
+            "pooler_hidden_size",
+            "conv_groups",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("type_vocab_size", "conv_kernel_size", "emd_num_layers"):
@@ -183,7 +192,8 @@ class DebertaLiteConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
             )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout", "cls_dropout"):
             value = getattr(self, name)
@@ -207,16 +217,21 @@ class DebertaLiteConfig(PreTrainedConfig):
         if self.norm_rel_ebd not in NORM_REL_EBD:
             raise ValueError(f"norm_rel_ebd={self.norm_rel_ebd!r} is invalid; allowed: {list(NORM_REL_EBD)}")
         if self.conv_kernel_size and self.conv_kernel_size % 2 == 0:
-            raise ValueError(f"conv_kernel_size must be odd (the output keeps the input length), got {self.conv_kernel_size}")
+            raise ValueError(
+                f"conv_kernel_size must be odd (the output keeps the input length), got {self.conv_kernel_size}"
+            )
         if self.conv_kernel_size and self.hidden_size % self.conv_groups:
             raise ValueError(f"conv_groups ({self.conv_groups}) must divide hidden_size ({self.hidden_size})")
         if self.position_buckets > 0 and self.effective_max_relative_positions - 1 <= self.position_buckets // 2:
             raise ValueError(
                 f"position_buckets={self.position_buckets} needs max_relative_positions (effective "
-                f"{self.effective_max_relative_positions}) greater than position_buckets // 2 + 1 for the log buckets to be defined"
+                f"{self.effective_max_relative_positions}) greater than position_buckets // 2 + 1 for the log "
+                "buckets to be defined"
             )
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id must be in [0, vocab_size={self.vocab_size}) or None, got {self.pad_token_id}")
+            raise ValueError(
+                f"pad_token_id must be in [0, vocab_size={self.vocab_size}) or None, got {self.pad_token_id}"
+            )
 
 
 DEBERTA_V2_MODEL_TYPE = "deberta-v2"
@@ -230,8 +245,15 @@ DEBERTA_V2_IMPLICIT_DEFAULTS = {
     "conv_act": "tanh",
 }
 # Bookkeeping that each side writes for itself.
-NOT_CARRIED = ("model_type", "architectures", "transformers_version", "min_transformers_version", "auto_map", "legacy",
-               "_name_or_path")
+NOT_CARRIED = (
+    "model_type",
+    "architectures",
+    "transformers_version",
+    "min_transformers_version",
+    "auto_map",
+    "legacy",
+    "_name_or_path",
+)
 
 
 def lite_architecture(deberta_v2_architecture: str) -> str:

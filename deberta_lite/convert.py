@@ -85,7 +85,9 @@ def load_state_dict(checkpoint_dir: Path, allow_pickle: bool = False) -> dict[st
                 "torch.load(weights_only=True)"
             )
         return torch.load(pickled, map_location="cpu", weights_only=True)
-    raise ConversionError(f"no weights in {checkpoint_dir} (looked for model.safetensors, its index, pytorch_model.bin)")
+    raise ConversionError(
+        f"no weights in {checkpoint_dir} (looked for model.safetensors, its index, pytorch_model.bin)"
+    )
 
 
 def _architecture_class(config, module, base_class: str):
@@ -147,8 +149,11 @@ def convert_lite_to_deberta_v2(input_dir, output_dir, allow_pickle: bool = False
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(output_dir)
-    save_file({key: value.contiguous() for key, value in state_dict.items()}, output_dir / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {key: value.contiguous() for key, value in state_dict.items()},
+        output_dir / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     _copy_tokenizer_files(input_dir, output_dir)
 
 

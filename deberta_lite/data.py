@@ -31,8 +31,10 @@ def read_table(path: str | Path, split: str, cache_dir: str | None = None) -> da
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:  # datasets would only say "An error occurred while generating the dataset"
             line = data[: error.start].count(b"\n") + 1
-            raise ValueError(f"{path}, line {line}: not valid UTF-8 ({error.reason} at byte {error.start}); "
-                             "re-encode the file as UTF-8") from error
+            raise ValueError(
+                f"{path}, line {line}: not valid UTF-8 ({error.reason} at byte {error.start}); "
+                "re-encode the file as UTF-8"
+            ) from error
         lines = [line for line in text.splitlines() if line.strip()]
         if not lines:
             raise ValueError(f"{path} is empty")

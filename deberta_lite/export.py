@@ -53,9 +53,11 @@ def sample_inputs(config: DebertaLiteConfig, shape: tuple[int, ...] = DEFAULT_TR
     for multiple choice) is half padding."""
     generator = torch.Generator().manual_seed(0)
     length = shape[-1]
-    inputs = {"input_ids": torch.randint(5, config.vocab_size, shape, generator=generator),
-              "attention_mask": torch.ones(shape, dtype=torch.long)}
-    inputs["attention_mask"][..., -1, length // 2:] = 0
+    inputs = {
+        "input_ids": torch.randint(5, config.vocab_size, shape, generator=generator),
+        "attention_mask": torch.ones(shape, dtype=torch.long),
+    }
+    inputs["attention_mask"][..., -1, length // 2 :] = 0
     if config.type_vocab_size > 0:
         inputs["token_type_ids"] = (torch.arange(length) >= length // 2).long().expand(shape).contiguous()
     return inputs
@@ -74,11 +76,17 @@ def export_onnx(model_name_or_path: str | Path, output_file: str | Path, task: s
     inputs = sample_inputs(model.config, TRACE_SHAPES.get(task, DEFAULT_TRACE_SHAPE))
     # The masked LM adds absolute positions (enhanced mask decoder): its length is capped like the PyTorch model's.
     capped = isinstance(model, DebertaLiteForMaskedLM) or model.config.position_biased_input
-    sequence = torch.export.Dim("sequence", max=model.config.max_position_embeddings) if capped \
+    sequence = (
+        torch.export.Dim("sequence", max=model.config.max_position_embeddings)
+        if capped
         else torch.export.Dim("sequence")
+    )
     batch = torch.export.Dim("batch")
-    axes = {0: batch, 1: torch.export.Dim("choices"), 2: sequence} if task == "multiple-choice" \
+    axes = (
+        {0: batch, 1: torch.export.Dim("choices"), 2: sequence}
+        if task == "multiple-choice"
         else {0: batch, 1: sequence}
+    )
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     program = torch.onnx.export(
@@ -93,8 +101,9 @@ def export_onnx(model_name_or_path: str | Path, output_file: str | Path, task: s
     return output_file
 
 
-def check_onnx(model_name_or_path: str | Path, onnx_file: str | Path, shapes=None,
-               task: str | None = None) -> dict[str, float]:
+def check_onnx(
+    model_name_or_path: str | Path, onnx_file: str | Path, shapes=None, task: str | None = None
+) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| of each output over the input `shapes` (default: three, one longer than the
     traced one), with a padded row in each batch."""
     import onnxruntime
@@ -110,6 +119,6 @@ def check_onnx(model_name_or_path: str | Path, onnx_file: str | Path, shapes=Non
         if list(expected.keys()) != names:
             raise ValueError(f"{onnx_file} has outputs {names} but the {task} model returns {list(expected.keys())}")
         actual = session.run(names, {name: tensor.numpy() for name, tensor in inputs.items()})
-        for name, value in zip(names, actual):
+        for name, value in zip(names, actual, strict=True):
             worst[name] = max(worst[name], float(abs(value - expected[name].numpy()).max()))
     return worst

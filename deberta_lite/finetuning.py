@@ -26,8 +26,8 @@ from transformers import (
 from .configuration_deberta_lite import DEBERTA_V2_MODEL_TYPE
 from .data import read_table, row_location
 from .modeling_deberta_lite import DebertaLiteForSequenceClassification
-from .trainer import DebertaLiteTrainer
 from .tokenization import fit_tokenizer_to_model
+from .trainer import DebertaLiteTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -61,28 +61,69 @@ _NLI = ("entailment", "neutral", "contradiction")
 _ENTAILMENT = ("entailment", "not_entailment")
 
 GLUE_TASKS = {
-    "cola": TaskSpec("cola", ("sentence",), ("unacceptable", "acceptable"), ("matthews_correlation",), _BINARY,
-                     submission_files={"test": "CoLA.tsv"}),
-    "sst2": TaskSpec("sst2", ("sentence",), ("negative", "positive"), ("accuracy",), _BINARY,
-                     submission_files={"test": "SST-2.tsv"}),
-    "mrpc": TaskSpec("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1"),
-                     _BINARY, submission_files={"test": "MRPC.tsv"}),
-    "qqp": TaskSpec("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), ("accuracy", "f1"), _BINARY,
-                    submission_files={"test": "QQP.tsv"}),
-    "stsb": TaskSpec("stsb", ("sentence1", "sentence2"), None, ("pearson", "spearmanr"),
-                     submission_files={"test": "STS-B.tsv"}),
-    "mnli": TaskSpec("mnli", ("premise", "hypothesis"), _NLI, ("accuracy",), _NLI,
-                     evaluation_splits=("validation_matched", "validation_mismatched"),
-                     submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"}),
-    "qnli": TaskSpec("qnli", ("question", "sentence"), _ENTAILMENT, ("accuracy",), _ENTAILMENT,
-                     submission_files={"test": "QNLI.tsv"}),
-    "rte": TaskSpec("rte", ("sentence1", "sentence2"), _ENTAILMENT, ("accuracy",), _ENTAILMENT,
-                    submission_files={"test": "RTE.tsv"}),
-    "wnli": TaskSpec("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment"), ("accuracy",), _BINARY,
-                     submission_files={"test": "WNLI.tsv"}),
+    "cola": TaskSpec(
+        "cola",
+        ("sentence",),
+        ("unacceptable", "acceptable"),
+        ("matthews_correlation",),
+        _BINARY,
+        submission_files={"test": "CoLA.tsv"},
+    ),
+    "sst2": TaskSpec(
+        "sst2", ("sentence",), ("negative", "positive"), ("accuracy",), _BINARY, submission_files={"test": "SST-2.tsv"}
+    ),
+    "mrpc": TaskSpec(
+        "mrpc",
+        ("sentence1", "sentence2"),
+        ("not_equivalent", "equivalent"),
+        ("accuracy", "f1"),
+        _BINARY,
+        submission_files={"test": "MRPC.tsv"},
+    ),
+    "qqp": TaskSpec(
+        "qqp",
+        ("question1", "question2"),
+        ("not_duplicate", "duplicate"),
+        ("accuracy", "f1"),
+        _BINARY,
+        submission_files={"test": "QQP.tsv"},
+    ),
+    "stsb": TaskSpec(
+        "stsb", ("sentence1", "sentence2"), None, ("pearson", "spearmanr"), submission_files={"test": "STS-B.tsv"}
+    ),
+    "mnli": TaskSpec(
+        "mnli",
+        ("premise", "hypothesis"),
+        _NLI,
+        ("accuracy",),
+        _NLI,
+        evaluation_splits=("validation_matched", "validation_mismatched"),
+        submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"},
+    ),
+    "qnli": TaskSpec(
+        "qnli", ("question", "sentence"), _ENTAILMENT, ("accuracy",), _ENTAILMENT, submission_files={"test": "QNLI.tsv"}
+    ),
+    "rte": TaskSpec(
+        "rte", ("sentence1", "sentence2"), _ENTAILMENT, ("accuracy",), _ENTAILMENT, submission_files={"test": "RTE.tsv"}
+    ),
+    "wnli": TaskSpec(
+        "wnli",
+        ("sentence1", "sentence2"),
+        ("not_entailment", "entailment"),
+        ("accuracy",),
+        _BINARY,
+        submission_files={"test": "WNLI.tsv"},
+    ),
     # The diagnostic set: test only, predicted with an MNLI model.
-    "ax": TaskSpec("ax", ("premise", "hypothesis"), _NLI, ("accuracy",), _NLI, evaluation_splits=(),
-                   submission_files={"test": "AX.tsv"}),
+    "ax": TaskSpec(
+        "ax",
+        ("premise", "hypothesis"),
+        _NLI,
+        ("accuracy",),
+        _NLI,
+        evaluation_splits=(),
+        submission_files={"test": "AX.tsv"},
+    ),
 }
 GLUE_HUB_ID = "nyu-mll/glue"
 
@@ -183,8 +224,9 @@ def load_local_task(
     if "train" not in tables and "validation" not in tables and "test" not in tables:
         raise ValueError("give at least one of --train_file, --validation_file, --test_file")
     first_split = next(iter(tables))
-    columns = _text_columns(task.text_columns if task else None, text_columns, tables[first_split].column_names,
-                            files[first_split])
+    columns = _text_columns(
+        task.text_columns if task else None, text_columns, tables[first_split].column_names, files[first_split]
+    )
     for split, table in tables.items():
         for column in columns:
             if column not in table.column_names:
@@ -197,11 +239,18 @@ def load_local_task(
                 continue
             if split != "test":
                 count = f"{len(empty)} row" + ("s" if len(empty) > 1 else "")
-                raise ValueError(f"{row_location(files[split], empty[0])}: no value in column {column!r} ({count} of "
-                                 f"{len(table)} in the file); every {split} row needs its text and label")
+                raise ValueError(
+                    f"{row_location(files[split], empty[0])}: no value in column {column!r} ({count} of "
+                    f"{len(table)} in the file); every {split} row needs its text and label"
+                )
             if column == label_column:  # test labels are not used for predictions: incomplete ones are dropped
-                logger.info("%s: %d of %d rows have no %r; the test labels are dropped", files[split], len(empty),
-                            len(table), label_column)
+                logger.info(
+                    "%s: %d of %d rows have no %r; the test labels are dropped",
+                    files[split],
+                    len(empty),
+                    len(table),
+                    label_column,
+                )
                 tables[split] = table.remove_columns(label_column)
 
     reference = tables.get("train") or tables.get("validation")
@@ -363,7 +412,7 @@ def write_predictions(path: str | Path, spec: TaskSpec, indices, predictions: np
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["index", "prediction"])
-        for index, prediction in zip(indices, predictions):
+        for index, prediction in zip(indices, predictions, strict=True):
             writer.writerow([int(index), f"{float(prediction):.6g}" if spec.is_regression else labels[int(prediction)]])
     return path
 
@@ -418,30 +467,36 @@ def run_finetuning(
     if task_name and not any(files):
         data, spec = load_glue_task(task_name)
     else:  # local files, read with the GLUE task's labels and metrics when task_name names one
-        data, spec = load_local_task(*files, text_columns=text_columns, label_column=label_column,
-                                     task=GLUE_TASKS.get(task_name))
+        data, spec = load_local_task(
+            *files, text_columns=text_columns, label_column=label_column, task=GLUE_TASKS.get(task_name)
+        )
     if training_args.do_train and "train" not in data:
         raise ValueError("--do_train needs training data (--train_file or a GLUE task with a train split)")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or model_name_or_path)
     model = load_classifier(model_name_or_path, spec, cls_dropout, pooler_dropout, allow_pickle)
     with training_args.main_process_first(desc="tokenising"):
-        tokenized = tokenize_task(data, spec, tokenizer, max_seq_length, preprocessing_num_workers,
-                                  not overwrite_cache)
+        tokenized = tokenize_task(data, spec, tokenizer, max_seq_length, preprocessing_num_workers, not overwrite_cache)
 
-    eval_sets = {split: first_rows(tokenized[split], max_eval_samples)
-                 for split in spec.evaluation_splits if split in tokenized}
+    eval_sets = {
+        split: first_rows(tokenized[split], max_eval_samples) for split in spec.evaluation_splits if split in tokenized
+    }
     train_set = first_rows(tokenized["train"], max_train_samples) if training_args.do_train else None
     if training_args.load_best_model_at_end and training_args.metric_for_best_model in (None, "loss") and eval_sets:
-        logger.warning("selecting the best checkpoint by eval loss; the task's main metric is %s "
-                       "(--metric_for_best_model %s --greater_is_better true)", spec.main_metric, spec.main_metric)
+        logger.warning(
+            "selecting the best checkpoint by eval loss; the task's main metric is %s "
+            "(--metric_for_best_model %s --greater_is_better true)",
+            spec.main_metric,
+            spec.main_metric,
+        )
     if not eval_sets:
         training_args.load_best_model_at_end = False
     callbacks = []
     if early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     # Checkpoints are chosen on the first evaluation split (MNLI: matched).
-    trainer = build_trainer(model, tokenizer, spec, training_args, train_set, next(iter(eval_sets.values()), None),
-                            callbacks)
+    trainer = build_trainer(
+        model, tokenizer, spec, training_args, train_set, next(iter(eval_sets.values()), None), callbacks
+    )
 
     metrics = {}
     if training_args.do_train:
@@ -460,8 +515,11 @@ def run_finetuning(
         trainer.save_metrics("eval", evaluation)
         metrics.update(evaluation)
     if training_args.do_predict:
-        test_sets = {split: first_rows(tokenized[split], max_predict_samples)
-                     for split in spec.submission_files if split in tokenized}
+        test_sets = {
+            split: first_rows(tokenized[split], max_predict_samples)
+            for split in spec.submission_files
+            if split in tokenized
+        }
         write_submission_files(trainer, spec, test_sets, training_args.output_dir)
     card = {"finetuned_from": model_name_or_path, "dataset": GLUE_HUB_ID if task_name else None}
     if training_args.push_to_hub:  # the final card, with the evaluation results

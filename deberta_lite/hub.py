@@ -18,8 +18,20 @@ from .configuration_deberta_lite import HEADS, MIN_TRANSFORMERS_VERSION
 
 # What is never uploaded: intermediate checkpoints, pickles (training_args.bin, optimizer and RNG states), caches.
 IGNORE_PATTERNS = ["checkpoint-*", "_*", "*.pt", "*.pth", "*.bin", "runs/*", ".cache/*"]
-HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-                   "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type", "optim", "seed", "bf16", "fp16")
+HYPERPARAMETERS = (
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "warmup_steps",
+    "weight_decay",
+    "lr_scheduler_type",
+    "optim",
+    "seed",
+    "bf16",
+    "fp16",
+)
 
 
 class HubPushError(RuntimeError):
@@ -56,13 +68,25 @@ def write_model_card(
     results_path = output_dir / "eval_results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     name = repo_id or output_dir.name
-    metrics = {key.removeprefix("eval_"): value for key, value in results.items()
-               if isinstance(value, (int, float)) and not key.endswith(("runtime", "per_second", "epoch"))}
-    eval_results = [
-        EvalResult(task_type=pipeline_tag or "feature-extraction", dataset_type=dataset or "custom",
-                   dataset_name=dataset or "custom", metric_type=metric, metric_value=float(value))
-        for metric, value in metrics.items()
-    ] if dataset or metrics else None
+    metrics = {
+        key.removeprefix("eval_"): value
+        for key, value in results.items()
+        if isinstance(value, (int, float)) and not key.endswith(("runtime", "per_second", "epoch"))
+    }
+    eval_results = (
+        [
+            EvalResult(
+                task_type=pipeline_tag or "feature-extraction",
+                dataset_type=dataset or "custom",
+                dataset_name=dataset or "custom",
+                metric_type=metric,
+                metric_value=float(value),
+            )
+            for metric, value in metrics.items()
+        ]
+        if dataset or metrics
+        else None
+    )
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=pipeline_tag,
@@ -73,8 +97,10 @@ def write_model_card(
         model_name=name if eval_results else None,
         eval_results=eval_results or None,
     )
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + _card_body(name, config, architecture, hyperparameters,
-                                                                           metrics, dataset))
+    card = ModelCard(
+        f"---\n{card_data.to_yaml()}\n---\n\n"
+        + _card_body(name, config, architecture, hyperparameters, metrics, dataset)
+    )
     card.save(output_dir / "README.md")
     return output_dir / "README.md"
 
@@ -86,16 +112,28 @@ def _card_body(name, config, architecture, hyperparameters, metrics, dataset) ->
         "",
         f"A DeBERTa-lite `{architecture}`: a DeBERTa-v2/v3 encoder with disentangled attention (content-to-content,"
         " content-to-position and position-to-content over log-bucketed relative positions) in every layer"
-        + (f", and an enhanced mask decoder of {emd} passes for masked LM." if architecture.endswith("MaskedLM")
-           and emd else "."),
+        + (
+            f", and an enhanced mask decoder of {emd} passes for masked LM."
+            if architecture.endswith("MaskedLM") and emd
+            else "."
+        ),
         "",
         "## Architecture",
         "",
         "| | |",
         "|---|---|",
     ]
-    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-                  "max_position_embeddings", "position_buckets", "max_relative_positions", "pos_att_type"):
+    for field in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "position_buckets",
+        "max_relative_positions",
+        "pos_att_type",
+    ):
         if field in config:
             lines.append(f"| {field} | {config[field]} |")
     if hyperparameters:
@@ -103,8 +141,10 @@ def _card_body(name, config, architecture, hyperparameters, metrics, dataset) ->
         lines += [f"| {key} | {value} |" for key, value in hyperparameters.items()]
     if metrics:
         lines += ["", "## Results" + (f" ({dataset})" if dataset else ""), "", "| metric | value |", "|---|---|"]
-        lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
-                  for key, value in metrics.items()]
+        lines += [
+            f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
+            for key, value in metrics.items()
+        ]
     auto_class = HEADS[architecture].auto_class if architecture in HEADS else "AutoModel"
     task = HEADS[architecture].task if architecture in HEADS else None
     # What the copied code asked for when it was saved; configs saved before it was recorded get this package's.
@@ -118,15 +158,16 @@ def _card_body(name, config, architecture, hyperparameters, metrics, dataset) ->
         f"transformers>={min_version}: `pip install -U 'transformers>={min_version}'`.",
         "",
         "```python",
-        f"from transformers import AutoTokenizer, {auto_class}" + (", pipeline" if task
-                                                                   in ("fill-mask", "text-classification") else ""),
+        f"from transformers import AutoTokenizer, {auto_class}"
+        + (", pipeline" if task in ("fill-mask", "text-classification") else ""),
         "",
         f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
         f'model = {auto_class}.from_pretrained("{name}", trust_remote_code=True)',
     ]
     if task == "fill-mask":
-        lines.append(f'print(pipeline("fill-mask", model=model, tokenizer=tokenizer)("The capital of France is '
-                     f'{"[MASK]"}."))')
+        lines.append(
+            f'print(pipeline("fill-mask", model=model, tokenizer=tokenizer)("The capital of France is {"[MASK]"}."))'
+        )
     elif task == "text-classification":
         lines.append('print(pipeline("text-classification", model=model, tokenizer=tokenizer)("A wonderful film."))')
     lines += ["```", ""]
@@ -157,8 +198,13 @@ def push_checkpoint(
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(checkpoint_dir), commit_message=commit_message,
-                                   ignore_patterns=IGNORE_PATTERNS, revision=revision)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(checkpoint_dir),
+            commit_message=commit_message,
+            ignore_patterns=IGNORE_PATTERNS,
+            revision=revision,
+        )
     except Exception as error:  # HTTP errors, refused connections, timeouts: one message that says what to do
         raise HubPushError(retry_message(checkpoint_dir, repo_id, error)) from error
     return commit.commit_url

@@ -22,7 +22,7 @@ def word_units(pieces: list[str], candidate: list[bool]) -> list[list[int]]:
     """Group candidate token positions into words: a new word starts at a "▁" piece or after a non-candidate."""
     units: list[list[int]] = []
     previous_candidate = False
-    for position, (piece, is_candidate) in enumerate(zip(pieces, candidate)):
+    for position, (piece, is_candidate) in enumerate(zip(pieces, candidate, strict=True)):
         if is_candidate:
             if piece.startswith(WORD_START) or not previous_candidate or not units:
                 units.append([position])
@@ -99,8 +99,8 @@ class DataCollatorForDebertaMLM:
     def chosen_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """bool (B, N): the tokens to predict."""
         chosen = torch.zeros_like(input_ids, dtype=torch.bool)
-        for row, (ids, keep) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
-            candidate = [bool(k) and token not in self._special_ids for token, k in zip(ids, keep)]
+        for row, (ids, keep) in enumerate(zip(input_ids.tolist(), attention_mask.tolist(), strict=True)):
+            candidate = [bool(k) and token not in self._special_ids for token, k in zip(ids, keep, strict=True)]
             if self.masking == "token":
                 units = [[position] for position, is_candidate in enumerate(candidate) if is_candidate]
             else:

@@ -39,7 +39,6 @@ from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
     BaseModelOutput,
     MaskedLMOutput,
@@ -48,6 +47,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, has_file
 from transformers.utils.generic import can_return_tuple
@@ -298,7 +298,9 @@ class DebertaLiteLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         """`query_states` (the EMD's queries) comes positionally: reentrant checkpointing only replays positional
         tensors, and a query passed by keyword would be backpropagated through twice."""
-        attn_output, _ = self.attention(hidden_states, attention_mask, relative_pos, rel_embeddings, query_states, **kwargs)
+        attn_output, _ = self.attention(
+            hidden_states, attention_mask, relative_pos, rel_embeddings, query_states, **kwargs
+        )
         layer_output = self.output(self.intermediate(attn_output), residual=attn_output)
         # The EMD's query passes reuse the block but not the convolution, which the original applies in its encoder
         # loop after the first layer only.
@@ -418,8 +420,10 @@ class DebertaLitePreTrainedModel(PreTrainedModel):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except SafetensorError as error:
-            raise OSError(f"{unreadable_weights(pretrained_model_name_or_path)} cannot be read ({error}): the file "
-                          "is truncated or corrupted; save or download it again") from error
+            raise OSError(
+                f"{unreadable_weights(pretrained_model_name_or_path)} cannot be read ({error}): the file "
+                "is truncated or corrupted; save or download it again"
+            ) from error
         except OSError as error:
             if not kwargs["use_safetensors"]:
                 raise
@@ -444,9 +448,7 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         # One relative-position table P (2k rows) shared by all layers; each layer projects it with its own weights.
         self.rel_embeddings = nn.Embedding(2 * config.att_span, config.hidden_size)
         self.rel_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-            if config.norm_rel_ebd == "layer_norm"
-            else None
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_rel_ebd == "layer_norm" else None
         )
         self.relative_reach = bucket_reach(config)
         self.post_init()
@@ -807,8 +809,9 @@ class DebertaLiteForQuestionAnswering(DebertaLitePreTrainedModel):
     def __init__(self, config: DebertaLiteConfig):
         super().__init__(config)
         if config.num_labels != 2:
-            raise ValueError(f"question answering predicts span starts and ends: num_labels must be 2, got "
-                             f"{config.num_labels}")
+            raise ValueError(
+                f"question answering predicts span starts and ends: num_labels must be 2, got {config.num_labels}"
+            )
         self.deberta = DebertaLiteModel(config)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()

@@ -17,10 +17,10 @@ from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from .configuration_deberta_lite import DebertaLiteConfig
 from .data import read_table
-from .trainer import DebertaLiteTrainer
 from .masking import DataCollatorForDebertaMLM
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
 from .tokenization import fit_tokenizer_to_model
+from .trainer import DebertaLiteTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -101,12 +101,17 @@ def tokenize_and_group(
         desc="Tokenizing",
     )
     grouped = tokenized.map(
-        group, batched=True, num_proc=num_proc, load_from_cache_file=load_from_cache_file,
+        group,
+        batched=True,
+        num_proc=num_proc,
+        load_from_cache_file=load_from_cache_file,
         desc=f"Grouping into blocks of {max_seq_length}",
     )
     for split, dataset in grouped.items():
         if len(dataset) == 0:
-            raise ValueError(f"the {split} split has fewer than {max_seq_length} tokens: no block to train or evaluate on")
+            raise ValueError(
+                f"the {split} split has fewer than {max_seq_length} tokens: no block to train or evaluate on"
+            )
     return grouped
 
 
@@ -124,8 +129,9 @@ def mask_once(dataset: datasets.Dataset, collator: DataCollatorForDebertaMLM, se
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # Fixed-length blocks, one batch: the masks depend only on the seed.
-        return dataset.map(mask, batched=True, batch_size=len(dataset), load_from_cache_file=False,
-                           desc="Masking the evaluation set")
+        return dataset.map(
+            mask, batched=True, batch_size=len(dataset), load_from_cache_file=False, desc="Masking the evaluation set"
+        )
 
 
 class MaskingTrainer(DebertaLiteTrainer):
@@ -232,7 +238,7 @@ def build_masked_lm(
 
 
 def parse_overrides(overrides: str | None) -> dict:
-    """"hidden_size=64,num_hidden_layers=2" -> {"hidden_size": 64, "num_hidden_layers": 2} (JSON values)."""
+    """ "hidden_size=64,num_hidden_layers=2" -> {"hidden_size": 64, "num_hidden_layers": 2} (JSON values)."""
     parsed = {}
     for item in filter(None, (overrides or "").split(",")):
         if "=" not in item:

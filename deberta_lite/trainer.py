@@ -62,8 +62,18 @@ class DebertaLiteTrainer(Trainer):
         except Exception as error:  # HTTP errors, refused connections, timeouts
             raise HubPushError(retry_message(self.args.output_dir, self.hub_model_id, error)) from error
 
-    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
-                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None):
+    def create_model_card(
+        self,
+        language=None,
+        license=None,
+        tags=None,
+        model_name=None,
+        finetuned_from=None,
+        tasks=None,
+        dataset_tags=None,
+        dataset=None,
+        dataset_args=None,
+    ):
         if not self.is_world_process_zero():
             return
         write_model_card(

@@ -16,6 +16,7 @@ measured too.
 
 import argparse
 import ctypes
+import functools
 import gc
 import json
 import statistics
@@ -77,6 +78,16 @@ class PeakMemory:
             self.peak = max(self.peak, psutil.Process().memory_info().rss - self.start)
 
 
+def forward(model, input_ids: torch.Tensor):
+    with torch.inference_mode():
+        model.eval()(input_ids)
+
+
+def train_step(model, input_ids: torch.Tensor):
+    model.train().zero_grad(set_to_none=True)
+    model(input_ids).last_hidden_state.float().pow(2).mean().backward()
+
+
 def timed(step, device: torch.device, repeats: int) -> tuple[float, int]:
     """Median seconds over `repeats` runs after one warm-up, and the peak memory of one run."""
     step()
@@ -102,18 +113,32 @@ def build_models(size: str, dtype: torch.dtype, device: torch.device) -> dict:
         lite.save_pretrained(Path(directory) / "lite")
         convert_checkpoint(Path(directory) / "lite", Path(directory) / "v2")
         debertav2 = DebertaV2Model.from_pretrained(Path(directory) / "v2")
-    bert = BertModel(BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        max_position_embeddings=8192, type_vocab_size=1, attn_implementation="sdpa"), add_pooling_layer=False)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            max_position_embeddings=8192,
+            type_vocab_size=1,
+            attn_implementation="sdpa",
+        ),
+        add_pooling_layer=False,
+    )
+
     def same_weights(implementation: str) -> DebertaLiteModel:
         model = DebertaLiteModel(config)
         model.load_state_dict(lite.state_dict())
         model.set_attn_implementation(implementation)
         return model
 
-    models = {"deberta_lite": lite, "deberta_lite_chunked": same_weights("deberta_chunked"),
-              "transformers_debertav2": debertav2, "bert_sdpa": bert}
+    models = {
+        "deberta_lite": lite,
+        "deberta_lite_chunked": same_weights("deberta_chunked"),
+        "transformers_debertav2": debertav2,
+        "bert_sdpa": bert,
+    }
     if device.type == "cuda":  # flex_attention is a fused kernel on GPUs only (on a CPU: unfused, forward only)
         models["deberta_lite_flex"] = same_weights("deberta_flex")
     return {name: model.to(device=device, dtype=dtype) for name, model in models.items()}
@@ -142,25 +167,20 @@ def main(argv=None) -> list[dict]:
     models = build_models(args.size, dtype, device)
     vocab = models["deberta_lite"].config.vocab_size
     rows = []
-    plan = ([(shape, "forward", list(models)) for shape in args.shapes]
-            + [(shape, "forward", [name for name in models if name.startswith("deberta_lite") or name == "bert_sdpa"])
-               for shape in args.lean_shapes]
-            + [(shape, "train step", list(models)) for shape in args.train_shapes])
+    plan = (
+        [(shape, "forward", list(models)) for shape in args.shapes]
+        + [
+            (shape, "forward", [name for name in models if name.startswith("deberta_lite") or name == "bert_sdpa"])
+            for shape in args.lean_shapes
+        ]
+        + [(shape, "train step", list(models)) for shape in args.train_shapes]
+    )
     for shape, kind, names in plan:
         batch, length = parse_shape(shape)
         input_ids = torch.randint(5, vocab, (batch, length), device=device)
         for name in names:
-            model = models[name]
-
-            def forward():
-                with torch.inference_mode():
-                    model.eval()(input_ids)
-
-            def train_step():
-                model.train().zero_grad(set_to_none=True)
-                model(input_ids).last_hidden_state.float().pow(2).mean().backward()
-
-            seconds, peak = timed(forward if kind == "forward" else train_step, device, args.repeats)
+            step = functools.partial(forward if kind == "forward" else train_step, models[name], input_ids)
+            seconds, peak = timed(step, device, args.repeats)
             rows.append({"shape": shape, "kind": kind, "model": name, "seconds": seconds, "peak_bytes": peak})
             print(f"{kind:10s} {shape:>7s} {name:24s} {seconds:8.3f} s  {peak / 2**30:6.2f} GiB", flush=True)
             models[name].zero_grad(set_to_none=True)
@@ -172,27 +192,42 @@ def main(argv=None) -> list[dict]:
 
 
 def markdown_table(rows: list[dict], args) -> str:
-    header = (f"{args.size} size, {args.dtype}, {args.device}"
-              + (f", {args.threads} threads" if args.device == "cpu" else "") + f", median of {args.repeats}")
+    header = (
+        f"{args.size} size, {args.dtype}, {args.device}"
+        + (f", {args.threads} threads" if args.device == "cpu" else "")
+        + f", median of {args.repeats}"
+    )
     flex = any(r["model"] == "deberta_lite_flex" for r in rows)
-    lines = [header, "", "| step | shape | DeBERTa-lite (sdpa/auto) | DeBERTa-lite chunked | "
-             + ("DeBERTa-lite flex | " if flex else "") + "transformers DebertaV2 | BertModel (sdpa) | lite / BERT "
-             "| DebertaV2 / lite |", "|---|---|---|---|---|---|---|---|" + ("---|" if flex else "")]
+    lines = [
+        header,
+        "",
+        "| step | shape | DeBERTa-lite (sdpa/auto) | DeBERTa-lite chunked | "
+        + ("DeBERTa-lite flex | " if flex else "")
+        + "transformers DebertaV2 | BertModel (sdpa) | lite / BERT "
+        "| DebertaV2 / lite |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if flex else ""),
+    ]
     cells = {(r["kind"], r["shape"], r["model"]): r for r in rows}
     for kind, shape in dict.fromkeys((r["kind"], r["shape"]) for r in rows):
-        def cell(name):
+
+        def cell(name, kind=kind, shape=shape):
             r = cells.get((kind, shape, name))
             return f"{r['seconds']:.3f} s / {r['peak_bytes'] / 2**30:.2f} GiB" if r else "—"
 
-        def ratio(a, b):
+        def ratio(a, b, kind=kind, shape=shape):
             ra, rb = cells.get((kind, shape, a)), cells.get((kind, shape, b))
-            return f"{ra['seconds'] / rb['seconds']:.2f}× / {ra['peak_bytes'] / max(rb['peak_bytes'], 1):.2f}×" \
-                if ra and rb else "—"
+            return (
+                f"{ra['seconds'] / rb['seconds']:.2f}× / {ra['peak_bytes'] / max(rb['peak_bytes'], 1):.2f}×"
+                if ra and rb
+                else "—"
+            )
 
         names = ["deberta_lite", "deberta_lite_chunked"] + (["deberta_lite_flex"] if flex else [])
         cells_text = " | ".join(cell(name) for name in names + ["transformers_debertav2", "bert_sdpa"])
-        lines.append(f"| {kind} | {shape} | {cells_text} | {ratio('deberta_lite', 'bert_sdpa')} "
-                     f"| {ratio('transformers_debertav2', 'deberta_lite')} |")
+        lines.append(
+            f"| {kind} | {shape} | {cells_text} | {ratio('deberta_lite', 'bert_sdpa')} "
+            f"| {ratio('transformers_debertav2', 'deberta_lite')} |"
+        )
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Classify sentences with a saved classifier, loaded through AutoModelForSequenceClassification and pipeline().
 
-    python scripts/classify.py CHECKPOINT_DIR "A moving, beautifully acted film." "A dull, lifeless mess."
+python scripts/classify.py CHECKPOINT_DIR "A moving, beautifully acted film." "A dull, lifeless mess."
 """
 
 import argparse
@@ -21,7 +21,7 @@ def main(argv=None) -> list[dict]:
     classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
     results = classify(args.sentences)
     print(f"{type(model).__name__} from {args.checkpoint}:")
-    for sentence, result in zip(args.sentences, results):
+    for sentence, result in zip(args.sentences, results, strict=True):
         print(f"  {result['label']:>10} ({result['score']:.3f})  {sentence}")
     return results
 

@@ -27,8 +27,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(ROOT / "outputs" / "compare_pretraining" / "deberta-lite_emd"))
     parser.add_argument("--data_dir", default=str(DATA), help="a folder with one subfolder per task")
-    parser.add_argument("--tasks", nargs="+", default=["sentiment_sample", "trec_sample"],
-                        help="subfolders of --data_dir, each with train.tsv and validation.tsv")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["sentiment_sample", "trec_sample"],
+        help="subfolders of --data_dir, each with train.tsv and validation.tsv",
+    )
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
@@ -49,7 +53,8 @@ def main(argv=None) -> dict:
                 model = load_classifier(args.checkpoint, spec)
             else:  # same architecture and head, fresh weights drawn with the same seed
                 model = AutoModelForSequenceClassification.from_config(
-                    AutoConfig.from_pretrained(args.checkpoint, **head_settings(spec)))
+                    AutoConfig.from_pretrained(args.checkpoint, **head_settings(spec))
+                )
             training_args = TrainingArguments(
                 output_dir=str(Path(args.output_dir) / task / start.replace(" ", "_")),
                 num_train_epochs=args.epochs,
@@ -68,8 +73,9 @@ def main(argv=None) -> dict:
             trainer = build_trainer(model, tokenizer, spec, training_args, tokenized["train"], tokenized["validation"])
             trainer.train()
             metrics = trainer.evaluate()
-            results[f"{task} / {start}"] = {k: v for k, v in metrics.items() if k in (
-                "eval_accuracy", "eval_f1", "eval_loss")}
+            results[f"{task} / {start}"] = {
+                k: v for k, v in metrics.items() if k in ("eval_accuracy", "eval_f1", "eval_loss")
+            }
     rows = ["| task / start | dev accuracy | dev F1 | dev loss |", "|---|---|---|---|"] + [
         f"| {name} | {r['eval_accuracy']:.3f} | {r['eval_f1']:.3f} | {r['eval_loss']:.3f} |"
         for name, r in results.items()

@@ -29,19 +29,21 @@ WIKI = ROOT / "data" / "wiki_sample"
 
 def bert_like(deberta_config, tokenizer) -> BertForMaskedLM:
     """BERT of the same width, depth, heads and FFN, with absolute positions for the block length."""
-    return BertForMaskedLM(BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=deberta_config.hidden_size,
-        num_hidden_layers=deberta_config.num_hidden_layers,
-        num_attention_heads=deberta_config.num_attention_heads,
-        intermediate_size=deberta_config.intermediate_size,
-        hidden_act=deberta_config.hidden_act,
-        hidden_dropout_prob=deberta_config.hidden_dropout_prob,
-        attention_probs_dropout_prob=deberta_config.attention_probs_dropout_prob,
-        max_position_embeddings=deberta_config.max_position_embeddings,
-        type_vocab_size=2,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=deberta_config.hidden_size,
+            num_hidden_layers=deberta_config.num_hidden_layers,
+            num_attention_heads=deberta_config.num_attention_heads,
+            intermediate_size=deberta_config.intermediate_size,
+            hidden_act=deberta_config.hidden_act,
+            hidden_dropout_prob=deberta_config.hidden_dropout_prob,
+            attention_probs_dropout_prob=deberta_config.attention_probs_dropout_prob,
+            max_position_embeddings=deberta_config.max_position_embeddings,
+            type_vocab_size=2,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
 
 
 def main(argv=None) -> dict:
@@ -69,10 +71,12 @@ def main(argv=None) -> dict:
     eval_dataset = mask_once(blocks["validation"], masker, seed=1234)
 
     candidates = {
-        "DeBERTa-lite, EMD": lambda: build_masked_lm(tokenizer, config_name=args.config_name,
-                                                     config_overrides="emd_num_layers=2"),
-        "DeBERTa-lite, no EMD": lambda: build_masked_lm(tokenizer, config_name=args.config_name,
-                                                        config_overrides="emd_num_layers=0"),
+        "DeBERTa-lite, EMD": lambda: build_masked_lm(
+            tokenizer, config_name=args.config_name, config_overrides="emd_num_layers=2"
+        ),
+        "DeBERTa-lite, no EMD": lambda: build_masked_lm(
+            tokenizer, config_name=args.config_name, config_overrides="emd_num_layers=0"
+        ),
         "BERT": lambda: bert_like(build_masked_lm(tokenizer, config_name=args.config_name).config, tokenizer),
     }
     results = {}

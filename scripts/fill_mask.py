@@ -1,6 +1,6 @@
 """Fill in [MASK] with a saved masked-LM checkpoint, loaded through AutoModelForMaskedLM and transformers' pipeline.
 
-    python scripts/fill_mask.py CHECKPOINT_DIR "The river flows into the [MASK]." [--top_k 5]
+python scripts/fill_mask.py CHECKPOINT_DIR "The river flows into the [MASK]." [--top_k 5]
 """
 
 import argparse

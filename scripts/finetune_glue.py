@@ -54,8 +54,8 @@ class DataArguments:
     validation_file: str | None = field(default=None, metadata={"help": "csv, tsv, json or jsonl."})
     test_file: str | None = field(default=None, metadata={"help": "csv, tsv, json or jsonl; labels not needed."})
     text_columns: str | None = field(
-        default=None, metadata={"help": "One or two text columns, comma-separated (default: sentence, or "
-                                        "sentence1,sentence2)."}
+        default=None,
+        metadata={"help": "One or two text columns, comma-separated (default: sentence, or sentence1,sentence2)."},
     )
     label_column: str = field(default="label", metadata={"help": "Column holding the labels."})
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})

@@ -59,8 +59,9 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the cached tokenised datasets."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens to predict."})
-    masking: str = field(default="token", metadata={"help": "token, whole_word or ngram.",
-                                                    "choices": list(MASKING_STRATEGIES)})
+    masking: str = field(
+        default="token", metadata={"help": "token, whole_word or ngram.", "choices": list(MASKING_STRATEGIES)}
+    )
     max_ngram: int = field(default=3, metadata={"help": "Longest n-gram (in words) for --masking ngram."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training blocks."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation blocks."})
@@ -87,8 +88,9 @@ def main(argv=None) -> dict:
     if not tokenizer_source:
         raise ValueError("give --tokenizer_name (a directory from scripts/train_tokenizer.py) or --model_name_or_path")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    model = build_masked_lm(tokenizer, model_args.model_name_or_path, model_args.config_name,
-                            model_args.config_overrides)
+    model = build_masked_lm(
+        tokenizer, model_args.model_name_or_path, model_args.config_name, model_args.config_overrides
+    )
     if model.uses_emd and data_args.max_seq_length > model.config.max_position_embeddings:
         raise ValueError(
             f"--max_seq_length {data_args.max_seq_length} exceeds max_position_embeddings="

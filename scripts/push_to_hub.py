@@ -23,8 +23,14 @@ def main(argv=None) -> str:
     parser.add_argument("--revision", default=None, help="branch to push to")
     args = parser.parse_args(argv)
     try:
-        url = push_checkpoint(args.checkpoint_dir, args.repo_id, private=args.private or None, token=args.token,
-                              commit_message=args.commit_message, revision=args.revision)
+        url = push_checkpoint(
+            args.checkpoint_dir,
+            args.repo_id,
+            private=args.private or None,
+            token=args.token,
+            commit_message=args.commit_message,
+            revision=args.revision,
+        )
     except HubPushError as error:
         sys.exit(f"error: {error}")
     print(f"pushed {args.checkpoint_dir} to {args.repo_id}: {url}")

@@ -38,8 +38,12 @@ def main(argv=None):
     parser.add_argument("--dataset_split", default="train")
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--vocab_size", type=int, default=8000)
-    parser.add_argument("--model_max_length", type=int, default=DEFAULT_MODEL_MAX_LENGTH,
-                        help="the longest input of the model (its max_position_embeddings); truncation cuts to it")
+    parser.add_argument(
+        "--model_max_length",
+        type=int,
+        default=DEFAULT_MODEL_MAX_LENGTH,
+        help="the longest input of the model (its max_position_embeddings); truncation cuts to it",
+    )
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args(argv)
 
