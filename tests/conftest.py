@@ -10,9 +10,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 import torch
 
-# DATA, TINY, load_script, padded_batch and tiny_config are imported here only for the modules that still import
-# them from conftest; they live in helpers.py.
-from helpers import DATA, ROOT, TINY, load_script, padded_batch, tiny_config  # noqa: F401
+from helpers import ROOT
 from hub_server import start_hub_server
 
 

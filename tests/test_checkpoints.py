@@ -24,7 +24,7 @@ from deberta_lite.checkpoints import (
 )
 from deberta_lite.trainer import DebertaLiteTrainer
 
-from conftest import ROOT, load_script, padded_batch, tiny_config
+from helpers import ROOT, load_script, padded_batch, tiny_config
 
 
 pretrain_mlm = load_script("pretrain_mlm")

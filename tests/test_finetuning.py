@@ -12,7 +12,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Deb
 from deberta_lite import DebertaLiteForMaskedLM
 from deberta_lite.finetuning import GLUE_TASKS, load_local_task, task_metrics
 
-from conftest import DATA, TINY, load_script, tiny_config
+from helpers import DATA, TINY, load_script, tiny_config
 
 
 finetune_glue = load_script("finetune_glue")

@@ -17,7 +17,7 @@ import yaml
 from deberta_lite import DebertaLiteForSequenceClassification
 from deberta_lite.configuration_deberta_lite import AUTO_MAP
 
-from conftest import DATA, ROOT, load_script, tiny_config
+from helpers import DATA, ROOT, load_script, tiny_config
 from hub_server import start_hub_server
 
 
