@@ -5,11 +5,9 @@ process must not be able to import deberta_lite at all.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import yaml
@@ -17,55 +15,27 @@ import yaml
 from deberta_lite import DebertaLiteForSequenceClassification
 from deberta_lite.configuration_deberta_lite import AUTO_MAP
 
-from helpers import DATA, ROOT, load_script, tiny_config
-from hub_server import start_hub_server
+from helpers import DATA, ROOT, hub_env, load_script, run_python, tiny_config
 
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def hub():
-    server, state, url = start_hub_server()
-    yield state, url
-    server.shutdown()
-    server.server_close()
-
-
-def hub_env(url: str, home, token: bool = True) -> dict:
-    env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
-           "HF_MODULES_CACHE": str(home / "modules"), "HF_HUB_DISABLE_TELEMETRY": "1"}
-    env.pop("HF_TOKEN", None)
-    if token:
-        env["HF_TOKEN"] = "hf_test_token"
-    return env
-
-
-def run_python(source: str, env: dict, cwd, *args) -> subprocess.CompletedProcess:
-    script = cwd / "script.py"
-    script.write_text(textwrap.dedent(source))
-    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
+# Pushes from a process that has deberta_lite, and writes what the loading process must find: the models' outputs,
+# fill-mask's top tokens and the classifier's label and probability, computed here without a pipeline.
 PUSH = """
-    import importlib.util, json, sys
+    import json, sys
     from pathlib import Path
     import torch
     from transformers import AutoTokenizer
     from deberta_lite import DebertaLiteConfig, DebertaLiteForMaskedLM, DebertaLiteForSequenceClassification
 
     root, tokenizer_dir, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-
-    def script(name):
-        spec = importlib.util.spec_from_file_location(name, root / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+    sys.path.insert(0, str(root / "tests"))
+    from helpers import TINY, load_script, top_mask_predictions
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    sizes = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=64, position_buckets=8, max_relative_positions=32)
+    sizes = {**TINY, "vocab_size": len(tokenizer)}
     torch.manual_seed(0)
 
     # 1. model.push_to_hub and tokenizer.push_to_hub
@@ -81,13 +51,13 @@ PUSH = """
     tokenizer.save_pretrained(work / "clf")
     (work / "clf" / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.75, "eval_loss": 0.5}))
     (work / "clf" / "training_args.bin").write_bytes(b"a pickle that must not be uploaded")
-    script("push_to_hub").main([str(work / "clf"), "user/clf"])
+    load_script("push_to_hub").main([str(work / "clf"), "user/clf"])
 
     # 3. Trainer(push_to_hub=True, hub_strategy="every_save"), through the fine-tuning script
     mlm.save_pretrained(work / "mlm")
     tokenizer.save_pretrained(work / "mlm")
     data = root / "data" / "sentiment_sample"
-    script("finetune_glue").main([
+    load_script("finetune_glue").main([
         "--model_name_or_path", str(work / "mlm"), "--output_dir", str(work / "trainer"), "--use_cpu",
         "--report_to", "none", "--do_train", "--do_eval", "--max_steps", "2", "--eval_steps", "1", "--save_steps",
         "1", "--train_file", str(data / "train.tsv"), "--validation_file", str(data / "validation.tsv"),
@@ -95,22 +65,19 @@ PUSH = """
         "--hub_strategy", "every_save", "--disable_tqdm", "true"])
 
     inputs = dict(tokenizer(["the river flows north", "a city of stone"], padding=True, return_tensors="pt"))
+    masked = f"The river {tokenizer.mask_token} north."
     with torch.no_grad():
-        expected = {"inputs": inputs, "mlm": mlm(**inputs).logits, "clf": clf(**inputs).logits}
+        expected = {"inputs": inputs, "mlm": mlm(**inputs).logits, "clf": clf(**inputs).logits, "masked": masked,
+                    "fill": top_mask_predictions(work / "mlm", masked, top_k=3)}
+        probabilities = clf(**tokenizer("a fine film", return_tensors="pt")).logits[0].softmax(-1)
+    expected["classify"] = {"label": labels[probabilities.argmax().item()], "score": probabilities.max().item()}
     torch.save(expected, work / "expected.pt")
     print("pushed")
 """
 
 LOAD = """
-    import importlib.abc, sys
+    import sys
     from pathlib import Path
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "deberta_lite" or name.startswith("deberta_lite."):
-                raise ImportError("deberta_lite is blocked in this process")
-
-    sys.meta_path.insert(0, Block())
     import torch
     from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer,
                               pipeline)
@@ -128,10 +95,14 @@ LOAD = """
     with torch.no_grad():
         assert torch.equal(mlm(**expected["inputs"]).logits, expected["mlm"])
         assert torch.equal(clf(**expected["inputs"]).logits, expected["clf"])
-    fill = pipeline("fill-mask", model=mlm, tokenizer=tokenizer, top_k=3)
-    assert len(fill(f"The river {tokenizer.mask_token} north.")) == 3
+    fill = pipeline("fill-mask", model=mlm, tokenizer=tokenizer, top_k=3)(expected["masked"])
+    tokens, scores = expected["fill"]
+    assert [prediction["token"] for prediction in fill] == tokens, (fill, tokens)
+    torch.testing.assert_close([prediction["score"] for prediction in fill], scores, rtol=1e-5, atol=1e-6)
     classify = pipeline("text-classification", model=clf, tokenizer=AutoTokenizer.from_pretrained("user/clf"))
-    assert classify("a fine film")[0]["label"] in ("negative", "positive")
+    (result,) = classify("a fine film")
+    assert result["label"] == expected["classify"]["label"], (result, expected["classify"])
+    torch.testing.assert_close(result["score"], expected["classify"]["score"], rtol=1e-5, atol=1e-6)
     print("loaded")
 """
 
@@ -163,7 +134,8 @@ def test_push_then_load_with_plain_transformers(hub, tokenizer_dir, tmp_path):
     assert "## Training hyperparameters" in trainer_card and "learning_rate" in trainer_card
 
     (tmp_path / "load").mkdir()
-    loaded = run_python(LOAD, hub_env(url, tmp_path / "fresh_home"), tmp_path / "load", tmp_path / "push")
+    loaded = run_python(LOAD, hub_env(url, tmp_path / "fresh_home"), tmp_path / "load", tmp_path / "push",
+                        without_deberta_lite=True)
     assert loaded.returncode == 0, loaded.stderr[-4000:]
     assert "loaded" in loaded.stdout
 
