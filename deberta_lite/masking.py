@@ -40,10 +40,14 @@ def choose_spans(units: list[list[int]], budget: int, max_ngram: int) -> list[in
         if len(chosen) >= budget:
             break
         n = int(torch.multinomial(ngram_probabilities, 1)) + 1 if max_ngram > 1 else 1
-        span = [position for unit in units[start : start + n] for position in unit]
-        # Spans never overlap and never overshoot the budget (a long word is skipped rather than cut).
-        if chosen.isdisjoint(span) and len(chosen) + len(span) <= budget:
-            chosen.update(span)
+        # Spans never overlap and never overshoot the budget: a span stops at the first unit that is taken already
+        # or would overshoot (a long word is skipped rather than cut), so a free unit that fits is never passed over.
+        span: list[int] = []
+        for unit in units[start : start + n]:
+            if not chosen.isdisjoint(unit) or len(chosen) + len(span) + len(unit) > budget:
+                break
+            span.extend(unit)
+        chosen.update(span)
     return sorted(chosen)
 
 
