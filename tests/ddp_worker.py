@@ -1,4 +1,5 @@
-"""One process of a 2-process DDP run on the CPU (gloo), launched by tests/test_accelerate.py with torch.distributed.run.
+"""One process of a 2-process DDP run on the CPU (gloo), launched by tests/test_accelerate.py with
+torch.distributed.run.
 
 Each model named on the command line takes 2 SGD steps wrapped in DistributedDataParallel(find_unused_parameters=False),
 each process on its own batch. The process writes rank<k>.json in the output folder: per model, the error if one was
@@ -27,8 +28,7 @@ MODELS = {
     "DebertaLiteForSequenceClassification": lambda: DebertaLiteForSequenceClassification(tiny_config(num_labels=3)),
     "DebertaLiteForMaskedLM": lambda: DebertaLiteForMaskedLM(tiny_config()),
     # transformers' own DeBERTa-v3 layout, as a reference that trains under the same wrapper.
-    "DebertaV2ForSequenceClassification": lambda: DebertaV2ForSequenceClassification(
-        v2_config("v3", num_labels=3)),
+    "DebertaV2ForSequenceClassification": lambda: DebertaV2ForSequenceClassification(v2_config("v3", num_labels=3)),
 }
 
 

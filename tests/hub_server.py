@@ -53,8 +53,12 @@ class HubHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
 
     def _error(self, status: int, code: str, message: str, head: bool = False):
-        self._send(status, json.dumps({"error": message}).encode(),
-                   {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message}, head)
+        self._send(
+            status,
+            json.dumps({"error": message}).encode(),
+            {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message},
+            head,
+        )
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -81,8 +85,15 @@ class HubHandler(BaseHTTPRequestHandler):
         if path == "/api/whoami-v2":
             if not self._authorized():
                 return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
-            return self._json(200, {"type": "user", "name": "user", "orgs": [],
-                                    "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
+            return self._json(
+                200,
+                {
+                    "type": "user",
+                    "name": "user",
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+                },
+            )
         match = re.fullmatch(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path)
         if match:
             return self._resolve(match["repo"], match["file"], head)
@@ -91,18 +102,30 @@ class HubHandler(BaseHTTPRequestHandler):
             repo = self._repo(match["repo"])
             if repo is None:
                 return self._error(404, "RepoNotFound", f"Repository {match['repo']} not found")
-            return self._json(200, {"id": match["repo"], "modelId": match["repo"], "sha": repo["sha"],
-                                    "private": repo["private"], "tags": [], "downloads": 0, "likes": 0,
-                                    "siblings": [{"rfilename": name} for name in sorted(repo["files"])]})
+            return self._json(
+                200,
+                {
+                    "id": match["repo"],
+                    "modelId": match["repo"],
+                    "sha": repo["sha"],
+                    "private": repo["private"],
+                    "tags": [],
+                    "downloads": 0,
+                    "likes": 0,
+                    "siblings": [{"rfilename": name} for name in sorted(repo["files"])],
+                },
+            )
         match = re.fullmatch(r"/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<folder>.*))?", path)
         if match:
             repo = self._repo(match["repo"])
             if repo is None:
                 return self._error(404, "RepoNotFound", f"Repository {match['repo']} not found")
             prefix = (match["folder"] or "").strip("/")
-            entries = [{"type": "file", "path": name, "size": len(data), "oid": _sha(data)}
-                       for name, data in sorted(repo["files"].items())
-                       if not prefix or name.startswith(prefix + "/")]
+            entries = [
+                {"type": "file", "path": name, "size": len(data), "oid": _sha(data)}
+                for name, data in sorted(repo["files"].items())
+                if not prefix or name.startswith(prefix + "/")
+            ]
             if prefix and not entries:
                 return self._error(404, "EntryNotFound", f"{prefix} does not exist")
             return self._json(200, entries)
@@ -115,8 +138,12 @@ class HubHandler(BaseHTTPRequestHandler):
         data = repo["files"].get(filename)
         if data is None:
             return self._error(404, "EntryNotFound", f"{filename} does not exist", head)
-        self._send(200, data, {"ETag": f'"{_sha(data)}"', "X-Repo-Commit": repo["sha"],
-                               "Content-Type": "application/octet-stream"}, head)
+        self._send(
+            200,
+            data,
+            {"ETag": f'"{_sha(data)}"', "X-Repo-Commit": repo["sha"], "Content-Type": "application/octet-stream"},
+            head,
+        )
 
     def do_POST(self):
         path = unquote(urlparse(self.path).path)
@@ -128,17 +155,18 @@ class HubHandler(BaseHTTPRequestHandler):
             payload = json.loads(body or b"{}")
             repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}"
             with self.state.lock:
-                self.state.repos.setdefault(repo_id, {"files": {}, "sha": "0" * 40,
-                                                      "private": bool(payload.get("private"))})
-            return self._json(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id,
-                                    "id": repo_id})
+                self.state.repos.setdefault(
+                    repo_id, {"files": {}, "sha": "0" * 40, "private": bool(payload.get("private"))}
+                )
+            return self._json(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id, "id": repo_id})
         if path == "/api/validate-yaml":
             return self._json(200, {"errors": [], "warnings": []})
         match = re.fullmatch(r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", path)
         if match:
             files = json.loads(body)["files"]
-            return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                              for f in files]})
+            return self._json(
+                200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+            )
         match = re.fullmatch(r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", path)
         if match:
             return self._commit(match["repo"], body)
@@ -167,8 +195,15 @@ class HubHandler(BaseHTTPRequestHandler):
                     return self._error(400, "BadRequest", f"unsupported commit operation {operation['key']}")
             repo["sha"] = _sha(repr(sorted((k, _sha(v)) for k, v in repo["files"].items())).encode())
             sha = repo["sha"]
-        self._json(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/{sha}", "commitOid": sha,
-                         "success": True, "pullRequestUrl": None})
+        self._json(
+            200,
+            {
+                "commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/{sha}",
+                "commitOid": sha,
+                "success": True,
+                "pullRequestUrl": None,
+            },
+        )
 
 
 def start_hub_server() -> tuple[ThreadingHTTPServer, HubState, str]:

@@ -24,12 +24,37 @@ def _free_port() -> int:
 def test_two_process_pretraining_run(config, tokenizer_dir, tmp_path):
     output_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / config),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
         str(ROOT / "scripts" / "pretrain_mlm.py"),
-        "--tokenizer_name", str(tokenizer_dir), "--output_dir", str(output_dir), "--use_cpu", "--report_to", "none",
-        "--do_train", "--do_eval", "--max_steps", "2", "--per_device_train_batch_size", "4",
-        "--max_train_samples", "32", "--max_eval_samples", "16", "--disable_tqdm", "true",
+        "--tokenizer_name",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_samples",
+        "32",
+        "--max_eval_samples",
+        "16",
+        "--disable_tqdm",
+        "true",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -49,9 +74,22 @@ DDP_MODELS = ["DebertaLiteForSequenceClassification", "DebertaLiteForMaskedLM", 
 def ddp_results(tmp_path_factory):
     """Per model, what each of 2 DDP processes (gloo, find_unused_parameters=False) reported after 2 steps."""
     output_dir = tmp_path_factory.mktemp("ddp")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               str(ROOT / "tests" / "ddp_worker.py"), str(output_dir), *DDP_MODELS]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(output_dir),
+        *DDP_MODELS,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

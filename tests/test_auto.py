@@ -36,12 +36,17 @@ def _outputs(model):
 
 def test_every_head_is_registered():
     # The table is complete: every model class the modeling file defines is in it.
-    defined = {value for value in vars(modeling_deberta_lite).values()
-               if isinstance(value, type) and issubclass(value, PreTrainedModel)
-               and value.__module__ == modeling_deberta_lite.__name__} - {DebertaLitePreTrainedModel}
+    defined = {
+        value
+        for value in vars(modeling_deberta_lite).values()
+        if isinstance(value, type)
+        and issubclass(value, PreTrainedModel)
+        and value.__module__ == modeling_deberta_lite.__name__
+    } - {DebertaLitePreTrainedModel}
     assert {model_class for _, model_class in HEADS} == defined
     assert {name for name in deberta_lite.__all__ if name.startswith("DebertaLite")} == {
-        cls.__name__ for cls in defined | {DebertaLitePreTrainedModel, DebertaLiteConfig}}
+        cls.__name__ for cls in defined | {DebertaLitePreTrainedModel, DebertaLiteConfig}
+    }
     assert isinstance(AutoConfig.for_model("deberta-lite"), DebertaLiteConfig)
     for auto_class, model_class in HEADS:
         assert isinstance(auto_class.from_config(tiny_config()), model_class)
@@ -104,8 +109,16 @@ def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     torch.save(inputs, tmp_path / "inputs.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = run_python(REMOTE_SCRIPT, env, tmp_path, tmp_path / "checkpoint", tmp_path / "mlm", tmp_path / "inputs.pt",
-                        tmp_path / "outputs.pt", without_deberta_lite=True)
+    result = run_python(
+        REMOTE_SCRIPT,
+        env,
+        tmp_path,
+        tmp_path / "checkpoint",
+        tmp_path / "mlm",
+        tmp_path / "inputs.pt",
+        tmp_path / "outputs.pt",
+        without_deberta_lite=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = torch.load(tmp_path / "outputs.pt")
     with torch.no_grad():

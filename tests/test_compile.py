@@ -24,7 +24,8 @@ from helpers import head_config, head_inputs, padded_batch, tiny_config
 
 
 # deberta_flex is left out: on a CPU, compiling it traces, but afterwards transformers' output capture stays in its
-# "compiling" state, so later uncompiled calls in the same process lose their hidden states (see docs/deployment.md, Limitations).
+# "compiling" state, so later uncompiled calls in the same process lose their hidden states (docs/deployment.md,
+# Limitations).
 BACKENDS = ["eager", "sdpa", "deberta_chunked"]
 
 
@@ -50,10 +51,14 @@ def test_encoder_and_masked_lm_compile_on_every_backend(model_class, implementat
     _compare(model, {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs})
 
 
-@pytest.mark.parametrize("model_class, num_labels", [
-    (DebertaLiteForSequenceClassification, 3), (DebertaLiteForTokenClassification, 3),
-    (DebertaLiteForQuestionAnswering, 2),
-])
+@pytest.mark.parametrize(
+    "model_class, num_labels",
+    [
+        (DebertaLiteForSequenceClassification, 3),
+        (DebertaLiteForTokenClassification, 3),
+        (DebertaLiteForQuestionAnswering, 2),
+    ],
+)
 def test_task_heads_compile(model_class, num_labels):
     torch.manual_seed(0)
     model = model_class(tiny_config(num_labels=num_labels)).eval()
@@ -94,15 +99,22 @@ def test_masked_lm_training_step_compiles(implementation):
 
 
 HEAD_CALLS = [
-    (DebertaLiteModel, False), (DebertaLiteForMaskedLM, False), (DebertaLiteForMaskedLM, True),
-    (DebertaLiteForSequenceClassification, True), (DebertaLiteForTokenClassification, True),
-    (DebertaLiteForQuestionAnswering, True), (DebertaLiteForMultipleChoice, True),
+    (DebertaLiteModel, False),
+    (DebertaLiteForMaskedLM, False),
+    (DebertaLiteForMaskedLM, True),
+    (DebertaLiteForSequenceClassification, True),
+    (DebertaLiteForTokenClassification, True),
+    (DebertaLiteForQuestionAnswering, True),
+    (DebertaLiteForMultipleChoice, True),
 ]
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-@pytest.mark.parametrize("model_class, labels", HEAD_CALLS,
-                         ids=[f"{cls.__name__}{'-labels' if labels else ''}" for cls, labels in HEAD_CALLS])
+@pytest.mark.parametrize(
+    "model_class, labels",
+    HEAD_CALLS,
+    ids=[f"{cls.__name__}{'-labels' if labels else ''}" for cls, labels in HEAD_CALLS],
+)
 def test_no_graph_break_without_fullgraph(model_class, labels, implementation):
     """torch.compile as Trainer's --torch_compile runs it (fullgraph=False) splits the graph wherever the forward reads
     a tensor back to the host: every break costs a separate graph and the Python in between on every step."""
@@ -115,8 +127,10 @@ def test_no_graph_break_without_fullgraph(model_class, labels, implementation):
         getattr(model, mode)()
         torch._dynamo.reset()
         explanation = torch._dynamo.explain(model)(**inputs)
-        assert explanation.graph_break_count == 0, (mode, [str(reason.reason)[:300] for reason in
-                                                           explanation.break_reasons])
+        assert explanation.graph_break_count == 0, (
+            mode,
+            [str(reason.reason)[:300] for reason in explanation.break_reasons],
+        )
         assert explanation.graph_count == 1, mode
 
 

@@ -3,18 +3,39 @@ import inspect
 
 import pytest
 
-from deberta_lite import DebertaLiteConfig
-from deberta_lite import configuration_deberta_lite
+from deberta_lite import DebertaLiteConfig, configuration_deberta_lite
 
 from helpers import ROOT, tiny_config
 
 
 ISSUE_FIELDS = [
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-    "initializer_range", "layer_norm_eps", "pad_token_id", "relative_attention", "max_relative_positions",
-    "position_buckets", "pos_att_type", "share_att_key", "norm_rel_ebd", "position_biased_input", "embedding_size",
-    "conv_kernel_size", "conv_groups", "conv_act", "pooler_hidden_size", "pooler_dropout", "pooler_hidden_act",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+    "relative_attention",
+    "max_relative_positions",
+    "position_buckets",
+    "pos_att_type",
+    "share_att_key",
+    "norm_rel_ebd",
+    "position_biased_input",
+    "embedding_size",
+    "conv_kernel_size",
+    "conv_groups",
+    "conv_act",
+    "pooler_hidden_size",
+    "pooler_dropout",
+    "pooler_hidden_act",
     "emd_num_layers",
 ]
 
@@ -24,7 +45,7 @@ def _declared_fields():
     tree = ast.parse(inspect.getsource(configuration_deberta_lite))
     body = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "DebertaLiteConfig").body
     fields = {}
-    for statement, following in zip(body, body[1:] + [None]):
+    for statement, following in zip(body, body[1:] + [None], strict=True):
         if isinstance(statement, ast.AnnAssign):
             documented = (
                 isinstance(following, ast.Expr)
@@ -47,7 +68,11 @@ def test_every_field_declared_typed_and_documented():
 def test_defaults_are_deberta_v3_base():
     config = DebertaLiteConfig()
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (
-        768, 12, 12, 3072)
+        768,
+        12,
+        12,
+        3072,
+    )
     assert config.vocab_size == 128100 and config.type_vocab_size == 0 and config.max_position_embeddings == 512
     assert config.position_buckets == 256 and config.att_span == 256 and config.share_att_key
     assert config.norm_rel_ebd == "layer_norm" and not config.position_biased_input

@@ -41,8 +41,10 @@ def test_untied_decoder_is_saved_and_reloaded(tmp_path):
     assert torch.equal(reloaded.lm_head.decoder.weight, decoder)
     assert not torch.equal(reloaded.lm_head.decoder.weight, reloaded.deberta.embeddings.word_embeddings.weight)
     input_ids, attention_mask = padded_batch()
-    assert torch.equal(reloaded(input_ids, attention_mask=attention_mask).logits,
-                       model(input_ids, attention_mask=attention_mask).logits)
+    assert torch.equal(
+        reloaded(input_ids, attention_mask=attention_mask).logits,
+        model(input_ids, attention_mask=attention_mask).logits,
+    )
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -70,13 +72,27 @@ class _Records(logging.Handler):
 def _train_masked_lm(tie: bool, output_dir, seed: int, resume_from_checkpoint=None):
     """The model after 3 AdamW steps of Trainer on a tiny MLM, which saves a checkpoint after step 2."""
     input_ids, attention_mask = padded_batch(batch=8, seed=3)
-    dataset = datasets.Dataset.from_dict({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(),
-                                          "labels": mlm_labels(input_ids, attention_mask).tolist()})
+    dataset = datasets.Dataset.from_dict(
+        {
+            "input_ids": input_ids.tolist(),
+            "attention_mask": attention_mask.tolist(),
+            "labels": mlm_labels(input_ids, attention_mask).tolist(),
+        }
+    )
     torch.manual_seed(seed)
     model = DebertaLiteForMaskedLM(tiny_config(tie_word_embeddings=tie))
-    args = TrainingArguments(output_dir=str(output_dir), max_steps=3, save_steps=2, per_device_train_batch_size=2,
-                             learning_rate=1e-2, use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
-                             logging_strategy="no")
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=3,
+        save_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        logging_strategy="no",
+    )
     Trainer(model=model, args=args, train_dataset=dataset).train(resume_from_checkpoint=resume_from_checkpoint)
     return model
 
@@ -92,8 +108,9 @@ def resumed_run(request, tmp_path_factory):
     logger = logging.getLogger("transformers.trainer")
     logger.addHandler(records)
     try:
-        resumed = _train_masked_lm(tie, tmp_path_factory.mktemp("resumed"), seed=1,
-                                   resume_from_checkpoint=str(output_dir / "checkpoint-2"))
+        resumed = _train_masked_lm(
+            tie, tmp_path_factory.mktemp("resumed"), seed=1, resume_from_checkpoint=str(output_dir / "checkpoint-2")
+        )
     finally:
         logger.removeHandler(records)
     return tie, uninterrupted, resumed, records.messages
@@ -117,8 +134,14 @@ def test_trainer_resume_warns_about_no_missing_key(resumed_run):
 # ---------------------------------------------------------------- every parameter trains
 
 
-HEADS = [DebertaLiteModel, DebertaLiteForMaskedLM, DebertaLiteForSequenceClassification,
-         DebertaLiteForTokenClassification, DebertaLiteForQuestionAnswering, DebertaLiteForMultipleChoice]
+HEADS = [
+    DebertaLiteModel,
+    DebertaLiteForMaskedLM,
+    DebertaLiteForSequenceClassification,
+    DebertaLiteForTokenClassification,
+    DebertaLiteForQuestionAnswering,
+    DebertaLiteForMultipleChoice,
+]
 # The v3 layout (no absolute input positions), plain and with the convolution, embed_proj and token types.
 V3_LAYOUTS = {"v3": {}, "v3_conv_embed_proj": dict(conv_kernel_size=3, embedding_size=16, type_vocab_size=2)}
 
@@ -149,8 +172,9 @@ def test_masked_lm_without_the_emd_has_no_untrained_parameter():
 
 @pytest.mark.parametrize("frozen_base", [False, True], ids=["full", "frozen_base"])
 @pytest.mark.parametrize("use_reentrant", [True, False])
-@pytest.mark.parametrize("model_class", [DebertaLiteForMaskedLM, DebertaLiteForSequenceClassification],
-                         ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize(
+    "model_class", [DebertaLiteForMaskedLM, DebertaLiteForSequenceClassification], ids=lambda cls: cls.__name__
+)
 def test_checkpointing_gives_the_plain_gradients(model_class, use_reentrant, frozen_base):
     """Trainer's --gradient_checkpointing with --gradient_checkpointing_kwargs '{"use_reentrant": true}', as PEFT and
     DeepSpeed recipes set it: reentrant checkpointing replays only positional tensors, and the EMD calls the last layer
@@ -170,7 +194,8 @@ def test_checkpointing_gives_the_plain_gradients(model_class, use_reentrant, fro
     assert_close(checkpointed_loss, plain_loss, atol=1e-6, rtol=1e-6)
     assert checkpointed_grads.keys() == plain_grads.keys()
     assert {"deberta.layers.0.attention.query_proj.weight", "deberta.layers.1.attention.value_proj.weight"} <= set(
-        plain_grads)
+        plain_grads
+    )
     for name in plain_grads:
         assert_close(checkpointed_grads[name], plain_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
@@ -188,7 +213,7 @@ def test_masked_lm_returns_the_hidden_states_the_encoder_returns(selection, emd_
     out = model(input_ids, attention_mask=attention_mask, output_hidden_states=selection)
     assert len(expected) == model.config.num_hidden_layers + 1
     assert [state is None for state in out.hidden_states] == [state is None for state in expected]
-    for actual, reference in zip(out.hidden_states, expected):
+    for actual, reference in zip(out.hidden_states, expected, strict=True):
         if reference is not None:
             assert torch.equal(actual, reference)
     assert torch.equal(out.logits, model(input_ids, attention_mask=attention_mask).logits)

@@ -66,8 +66,10 @@ def test_lite_to_debertav2_to_lite_is_lossless(case, tmp_path):
 def test_absolute_position_table_goes_only_to_the_model_that_reads_it(tmp_path):
     # Original DeBERTa-v3 checkpoints carry the table the EMD needs, though DebertaV2 does not build it.
     table = torch.randn(64, 32)
-    for name, reference in [("mlm", DebertaV2ForMaskedLM(v2_config("v3", legacy=False))),
-                            ("encoder", DebertaV2Model(v2_config("v3")))]:
+    for name, reference in [
+        ("mlm", DebertaV2ForMaskedLM(v2_config("v3", legacy=False))),
+        ("encoder", DebertaV2Model(v2_config("v3"))),
+    ]:
         reference.save_pretrained(tmp_path / name / "v2")
         weights = load_file(tmp_path / name / "v2" / "model.safetensors")
         weights[("deberta." if name == "mlm" else "") + "embeddings.position_embeddings.weight"] = table
@@ -89,10 +91,14 @@ def test_tokenizer_files_are_copied(tmp_path):
         assert (tmp_path / "lite" / name).read_bytes() == (tmp_path / "v2" / name).read_bytes()
 
 
-@pytest.mark.parametrize("change, error", [
-    ("add encoder.layer.0.attention.self.mystery.weight", "mystery"),
-    ("remove encoder.layer.1.output.dense.weight", r"layers\.1\.output\.dense\.weight"),
-], ids=["unexpected", "missing"])
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ("add encoder.layer.0.attention.self.mystery.weight", "mystery"),
+        ("remove encoder.layer.1.output.dense.weight", r"layers\.1\.output\.dense\.weight"),
+    ],
+    ids=["unexpected", "missing"],
+)
 def test_unexpected_or_missing_weight_is_an_error_naming_it(change, error, tmp_path):
     action, key = change.split()
     DebertaV2Model(v2_config("v3")).save_pretrained(tmp_path / "v2")
@@ -146,18 +152,27 @@ def test_conversion_with_debertav2_masked_lm_both_ways(tmp_path):
     lite = AutoModelForMaskedLM.from_pretrained(tmp_path / "lite", emd_num_layers=0).eval()
     assert isinstance(lite, DebertaLiteForMaskedLM)
     input_ids, attention_mask = padded_batch()
-    assert_close(lite(input_ids, attention_mask=attention_mask).logits,
-                 reference(input_ids, attention_mask=attention_mask).logits, atol=1e-5, rtol=1e-5)
+    assert_close(
+        lite(input_ids, attention_mask=attention_mask).logits,
+        reference(input_ids, attention_mask=attention_mask).logits,
+        atol=1e-5,
+        rtol=1e-5,
+    )
     convert_checkpoint(tmp_path / "lite", tmp_path / "back")
     back = load_file(tmp_path / "back" / "model.safetensors")
     assert {k for k in back if "lm_predictions" in k} == {
-        "lm_predictions.lm_head.dense.weight", "lm_predictions.lm_head.dense.bias",
-        "lm_predictions.lm_head.LayerNorm.weight", "lm_predictions.lm_head.LayerNorm.bias",
-        "lm_predictions.lm_head.bias"}
+        "lm_predictions.lm_head.dense.weight",
+        "lm_predictions.lm_head.dense.bias",
+        "lm_predictions.lm_head.LayerNorm.weight",
+        "lm_predictions.lm_head.LayerNorm.bias",
+        "lm_predictions.lm_head.bias",
+    }
     assert json.loads((tmp_path / "back" / "config.json").read_text())["legacy"] is False
     again = DebertaV2ForMaskedLM.from_pretrained(tmp_path / "back").eval()
-    assert_close(again(input_ids, attention_mask=attention_mask).logits,
-                 reference(input_ids, attention_mask=attention_mask).logits)
+    assert_close(
+        again(input_ids, attention_mask=attention_mask).logits,
+        reference(input_ids, attention_mask=attention_mask).logits,
+    )
 
 
 def test_original_style_checkpoint_becomes_masked_lm_with_its_position_table(tmp_path):

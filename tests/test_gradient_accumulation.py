@@ -1,4 +1,5 @@
-"""Trainer with gradient accumulation must take the same step as one big batch (the loss scaling is ours to get right)."""
+"""Trainer with gradient accumulation must take the same step as one big batch (the loss scaling is ours to get
+right)."""
 
 import datasets
 import torch
@@ -11,9 +12,21 @@ from helpers import assert_close_by_name, tiny_config
 
 def _one_sgd_step(model, dataset, output_dir, batch_size, accumulation):
     args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-        max_steps=1, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1e9, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1e9,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
     Trainer(model=model, args=args, train_dataset=dataset).train()
     return {name: param.detach().clone() for name, param in model.named_parameters()}
@@ -35,10 +48,12 @@ def _compare(make_model, dataset, tmp_path):
 
 def test_classifier_gradient_accumulation_matches_one_batch(tmp_path):
     generator = torch.Generator().manual_seed(0)
-    dataset = datasets.Dataset.from_dict({
-        "input_ids": torch.randint(5, 100, (8, 10), generator=generator).tolist(),
-        "labels": [0, 1, 1, 0, 1, 0, 0, 1],
-    })
+    dataset = datasets.Dataset.from_dict(
+        {
+            "input_ids": torch.randint(5, 100, (8, 10), generator=generator).tolist(),
+            "labels": [0, 1, 1, 0, 1, 0, 0, 1],
+        }
+    )
     _compare(lambda: DebertaLiteForSequenceClassification(tiny_config(num_labels=2)), dataset, tmp_path)
 
 

@@ -41,8 +41,9 @@ def independent_emd_logits(model, input_ids, attention_mask):
     pair_mask = keep[:, None, :, None] & keep[:, None, None, :]
     query = hidden + encoder.embeddings.position_embeddings.weight[:seq_len]
     for _ in range(config.emd_num_layers):
-        query = encoder.layers[-1](hidden, pair_mask, relative, rel_embeddings, padding_mask=attention_mask,
-                                   query_states=query)
+        query = encoder.layers[-1](
+            hidden, pair_mask, relative, rel_embeddings, padding_mask=attention_mask, query_states=query
+        )
     head = model.lm_head
     transformed = head.norm(torch.nn.functional.gelu(head.dense(query)))
     return transformed @ encoder.embeddings.word_embeddings.weight.T + head.decoder.bias
@@ -166,8 +167,9 @@ def test_fill_mask_script(tmp_path, capsys):
     tokenizer = DebertaV2Tokenizer.from_pretrained(tmp_path)
     DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")
-    predictions = load_script("fill_mask").main([str(tmp_path / "checkpoint"), "The cat sat on the [MASK].",
-                                                 "--top_k", "4"])
+    predictions = load_script("fill_mask").main(
+        [str(tmp_path / "checkpoint"), "The cat sat on the [MASK].", "--top_k", "4"]
+    )
     tokens, scores = top_mask_predictions(tmp_path / "checkpoint", "The cat sat on the [MASK].", top_k=4)
     assert [p["token"] for p in predictions] == tokens
     assert [p["score"] for p in predictions] == pytest.approx(scores, rel=1e-5)
@@ -196,8 +198,9 @@ def test_trainer_evaluation_with_the_run_mlm_accuracy_recipe(tmp_path):
     model = DebertaLiteForMaskedLM(tiny_config()).eval()
     input_ids, attention_mask = padded_batch(batch=6)
     # Batches of two rows with 3, 5 and 2 masked tokens.
-    labels = _labels(input_ids, attention_mask, [(0, 1), (1, 3), (1, 11), (2, 0), (2, 2), (2, 5), (3, 4), (3, 7),
-                                                 (4, 6), (5, 9)])
+    labels = _labels(
+        input_ids, attention_mask, [(0, 1), (1, 3), (1, 11), (2, 0), (2, 2), (2, 5), (3, 4), (3, 7), (4, 6), (5, 9)]
+    )
     masked = labels != -100
     with torch.no_grad():
         predicted = model(input_ids, attention_mask=attention_mask).logits.argmax(-1)
@@ -205,8 +208,9 @@ def test_trainer_evaluation_with_the_run_mlm_accuracy_recipe(tmp_path):
     hit = torch.zeros_like(masked)
     hit[masked] = torch.arange(int(masked.sum())) % 2 == 0
     labels = torch.where(hit, predicted, torch.where(masked, (predicted + 1) % 100, labels))
-    data = Dataset.from_dict({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(),
-                              "labels": labels.tolist()})
+    data = Dataset.from_dict(
+        {"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(), "labels": labels.tolist()}
+    )
     trainer = Trainer(
         model=model,
         args=TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, use_cpu=True, report_to="none"),
@@ -220,8 +224,10 @@ def test_trainer_evaluation_with_the_run_mlm_accuracy_recipe(tmp_path):
     assert direct_accuracy == 0.5
     assert metrics["eval_accuracy"] == direct_accuracy
     with torch.no_grad():
-        batch_losses = [model(ids, attention_mask=mask, labels=targets).loss
-                        for ids, mask, targets in zip(input_ids.split(2), attention_mask.split(2), labels.split(2))]
+        batch_losses = [
+            model(ids, attention_mask=mask, labels=targets).loss
+            for ids, mask, targets in zip(input_ids.split(2), attention_mask.split(2), labels.split(2), strict=True)
+        ]
         all_tokens_loss = model(input_ids, attention_mask=attention_mask, labels=labels).loss
     # Trainer averages the per-batch losses (each a mean over that batch's masked tokens), weighted by batch size,
     # which is not the mean over all masked tokens when batches hold different counts.

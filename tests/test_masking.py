@@ -26,7 +26,7 @@ def examples(tokenizer):
 
 def _words(tokenizer, ids, keep):
     special = set(tokenizer.all_special_ids)
-    candidate = [bool(k) and i not in special for i, k in zip(ids, keep)]
+    candidate = [bool(k) and i not in special for i, k in zip(ids, keep, strict=True)]
     return word_units(tokenizer.convert_ids_to_tokens(ids), candidate), candidate
 
 
@@ -75,7 +75,9 @@ def test_whole_words_are_masked_together(tokenizer, examples, masking):
     original = tokenizer.pad([{"input_ids": e["input_ids"]} for e in examples], return_tensors="pt")["input_ids"]
     span_lengths = Counter()
     multi_piece_words = 0
-    for ids, keep, labels in zip(original.tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()):
+    for ids, keep, labels in zip(
+        original.tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist(), strict=True
+    ):
         words, _ = _words(tokenizer, ids, keep)
         flags = []
         for word in words:

@@ -32,8 +32,13 @@ from helpers import (
 
 VARIANTS = {
     "v3": {},
-    "v1": dict(position_buckets=-1, share_att_key=False, pos_att_type="c2p|p2c", norm_rel_ebd="none",
-               position_biased_input=True),
+    "v1": dict(
+        position_buckets=-1,
+        share_att_key=False,
+        pos_att_type="c2p|p2c",
+        norm_rel_ebd="none",
+        position_biased_input=True,
+    ),
     "conv": dict(conv_kernel_size=3, conv_act="gelu"),
     "embed_proj_token_types": dict(embedding_size=16, type_vocab_size=2),
     "c2p_only": dict(pos_att_type=["c2p"]),
@@ -361,7 +366,7 @@ def test_bf16_autocast_forward_and_backward_are_close_to_fp32(length):
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(3, 100, (2, length), generator=generator)
     attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, length // 2:] = 0
+    attention_mask[1, length // 2 :] = 0
     results = []
     for autocast in (False, True):
         model.zero_grad()
@@ -379,9 +384,14 @@ def test_bf16_autocast_forward_and_backward_are_close_to_fp32(length):
         assert (mixed_grads[name] - grad).norm() <= 0.05 * grad.norm() + 1e-6, name
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(position_buckets=-1, max_relative_positions=20),
-                                       dict(position_buckets=256, max_relative_positions=512,
-                                            max_position_embeddings=512)])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        dict(position_buckets=-1, max_relative_positions=20),
+        dict(position_buckets=256, max_relative_positions=512, max_position_embeddings=512),
+    ],
+)
 @pytest.mark.parametrize("length", [1, 2, 7, 12, 64, 200, 300, 700])
 def test_reachable_rows_are_exactly_the_rows_the_index_uses(overrides, length):
     from deberta_lite.attention import bucket_reach, reachable_rows

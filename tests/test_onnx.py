@@ -25,8 +25,12 @@ SHAPES = ((1, 5), (2, 16), (3, 40), (2, 120))  # traced at 2 x 16
 CHOICE_SHAPES = ((1, 2, 5), (2, 4, 16), (3, 3, 40), (2, 2, 120))  # traced at 2 x 3 x 16
 CASES = [  # task, head, config overrides, output names
     ("text-classification", DebertaLiteForSequenceClassification, dict(num_labels=3), ["logits"]),
-    ("text-classification", DebertaLiteForSequenceClassification,
-     dict(num_labels=1, type_vocab_size=2, conv_kernel_size=3), ["logits"]),
+    (
+        "text-classification",
+        DebertaLiteForSequenceClassification,
+        dict(num_labels=1, type_vocab_size=2, conv_kernel_size=3),
+        ["logits"],
+    ),
     ("fill-mask", DebertaLiteForMaskedLM, dict(), ["logits"]),
     ("token-classification", DebertaLiteForTokenClassification, dict(num_labels=5), ["logits"]),
     ("question-answering", DebertaLiteForQuestionAnswering, dict(type_vocab_size=2), ["start_logits", "end_logits"]),
@@ -39,8 +43,9 @@ def test_every_task_is_tested():
     assert {case[0] for case in CASES} == set(TASKS)
 
 
-@pytest.mark.parametrize("task, model_class, overrides, outputs", CASES, ids=[
-    f"{case[0]}-{i}" for i, case in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "task, model_class, overrides, outputs", CASES, ids=[f"{case[0]}-{i}" for i, case in enumerate(CASES)]
+)
 def test_onnx_runtime_matches_pytorch(tmp_path, task, model_class, overrides, outputs):
     torch.manual_seed(0)
     model_class(tiny_config(max_position_embeddings=128, **overrides)).save_pretrained(tmp_path / "model")
@@ -54,8 +59,16 @@ def test_script_exports_and_checks(tmp_path, capsys):
     torch.manual_seed(0)
     DebertaLiteForQuestionAnswering(tiny_config()).save_pretrained(tmp_path / "model")
     export = load_script("export_onnx")
-    difference = export.main(["--model_name_or_path", str(tmp_path / "model"), "--output", str(tmp_path / "m.onnx"),
-                              "--task", "question-answering"])
+    difference = export.main(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--output",
+            str(tmp_path / "m.onnx"),
+            "--task",
+            "question-answering",
+        ]
+    )
     assert difference < 1e-4 and (tmp_path / "m.onnx").exists()
     printed = capsys.readouterr().out
     assert "start_logits" in printed and "end_logits" in printed

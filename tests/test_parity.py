@@ -39,7 +39,7 @@ def test_encoder_matches_debertav2(case, backend, tmp_path):
     actual = lite(**inputs, output_hidden_states=True)
     assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=1e-5)
     assert len(actual.hidden_states) == len(expected.hidden_states) == 3
-    for ours, theirs in zip(actual.hidden_states, expected.hidden_states):
+    for ours, theirs in zip(actual.hidden_states, expected.hidden_states, strict=True):
         assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 

@@ -7,9 +7,10 @@ from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import DebertaV2ForSequenceClassification
 
-from helpers import padded_batch, tiny_config
 from deberta_lite import DebertaLiteForSequenceClassification, DebertaLiteModel
 from deberta_lite.convert import lite_config_to_deberta_v2
+
+from helpers import padded_batch, tiny_config
 
 
 # The usual DeBERTa LoRA recipe: the attention projections plus every `dense` (attention output, feed-forward in and
@@ -61,9 +62,12 @@ def test_peft_adapts_the_modules_it_adapts_on_deberta_v2(peft_config, share_att_
 
 
 def test_lora_default_is_query_and_value_of_every_layer():
-    ours = adapted_modules(DebertaLiteForSequenceClassification(tiny_config(num_hidden_layers=LAYERS)),
-                           LoraConfig(task_type="SEQ_CLS"))
-    assert set(ours) == {f"deberta.layers.{i}.attention.{p}" for i in range(LAYERS) for p in ("query_proj", "value_proj")}
+    ours = adapted_modules(
+        DebertaLiteForSequenceClassification(tiny_config(num_hidden_layers=LAYERS)), LoraConfig(task_type="SEQ_CLS")
+    )
+    assert set(ours) == {
+        f"deberta.layers.{i}.attention.{p}" for i in range(LAYERS) for p in ("query_proj", "value_proj")
+    }
 
 
 def test_lora_trains_saves_reloads_and_merges(tmp_path):
@@ -78,8 +82,9 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path):
         return DebertaLiteForSequenceClassification.from_pretrained(tmp_path / "encoder", num_labels=3)
 
     # PEFT trains and saves the classifier of a SEQ_CLS model on its own; the pooler is new too.
-    model = get_peft_model(base_model(seed=0),
-                           LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, modules_to_save=["pooler"]))
+    model = get_peft_model(
+        base_model(seed=0), LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, modules_to_save=["pooler"])
+    )
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trainable and all("lora_" in name or "modules_to_save" in name for name in trainable)
     assert any(".classifier.modules_to_save." in name for name in trainable)
@@ -99,8 +104,9 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path):
         optimizer.step()
         optimizer.zero_grad()
     assert loss() < 0.5 * initial_loss
-    torch.testing.assert_close(model.base_model.model.deberta.layers[0].attention.query_proj.base_layer.weight,
-                               frozen_query, rtol=0, atol=0)
+    torch.testing.assert_close(
+        model.base_model.model.deberta.layers[0].attention.query_proj.base_layer.weight, frozen_query, rtol=0, atol=0
+    )
     # LoRA's B starts at zero: the adapters must have moved off it, or only the classifier learned.
     assert model.base_model.model.deberta.layers[0].attention.query_proj.lora_B["default"].weight.abs().sum() > 0
 
@@ -112,8 +118,9 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path):
     # Another seed draws other heads: the adapter must bring back the trained pooler and classifier.
     reloaded = PeftModel.from_pretrained(base_model(seed=1), tmp_path / "adapter").eval()
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=input_ids, attention_mask=attention_mask).logits, trained,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            reloaded(input_ids=input_ids, attention_mask=attention_mask).logits, trained, rtol=0, atol=0
+        )
 
     merged = reloaded.merge_and_unload()
     assert type(merged) is DebertaLiteForSequenceClassification
@@ -122,7 +129,9 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path):
     merged.save_pretrained(tmp_path / "merged")
     plain = DebertaLiteForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=input_ids, attention_mask=attention_mask).logits, trained,
-                                   rtol=0, atol=1e-5)
-        torch.testing.assert_close(plain(input_ids=input_ids, attention_mask=attention_mask).logits, trained,
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            merged(input_ids=input_ids, attention_mask=attention_mask).logits, trained, rtol=0, atol=1e-5
+        )
+        torch.testing.assert_close(
+            plain(input_ids=input_ids, attention_mask=attention_mask).logits, trained, rtol=0, atol=1e-5
+        )

@@ -18,9 +18,26 @@ pretrain_mlm = load_script("pretrain_mlm")
 
 
 def _args(tokenizer_dir, output_dir, *extra):
-    return ["--tokenizer_name", str(tokenizer_dir), "--output_dir", str(output_dir), "--use_cpu",
-            "--report_to", "none", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-            "--max_eval_samples", "48", "--seed", "7", "--disable_tqdm", "true", *extra]
+    return [
+        "--tokenizer_name",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--max_eval_samples",
+        "48",
+        "--seed",
+        "7",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 def test_predictions_and_accuracy_by_hand():
@@ -38,7 +55,11 @@ def test_predictions_and_accuracy_by_hand():
 
 def test_parse_overrides():
     assert parse_overrides("hidden_size=64, pos_att_type=c2p,norm_rel_ebd=none, hidden_dropout_prob=0.0") == {
-        "hidden_size": 64, "pos_att_type": "c2p", "norm_rel_ebd": "none", "hidden_dropout_prob": 0.0}
+        "hidden_size": 64,
+        "pos_att_type": "c2p",
+        "norm_rel_ebd": "none",
+        "hidden_dropout_prob": 0.0,
+    }
     with pytest.raises(ValueError, match="name=value"):
         parse_overrides("hidden_size")
 
@@ -77,8 +98,17 @@ def test_data_errors_name_the_problem(tmp_path):
 def test_too_little_text_for_one_block_is_an_error(tokenizer_dir, tmp_path):
     (tmp_path / "short.txt").write_text("a few words\nand a few more\n")
     with pytest.raises(ValueError, match="fewer than 128 tokens"):
-        pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "out", "--train_file", str(tmp_path / "short.txt"),
-                             "--validation_file", str(tmp_path / "short.txt"), "--do_train"))
+        pretrain_mlm.main(
+            _args(
+                tokenizer_dir,
+                tmp_path / "out",
+                "--train_file",
+                str(tmp_path / "short.txt"),
+                "--validation_file",
+                str(tmp_path / "short.txt"),
+                "--do_train",
+            )
+        )
 
 
 def test_sequence_longer_than_the_emd_allows_is_refused_before_training(tokenizer_dir, tmp_path):
@@ -87,9 +117,25 @@ def test_sequence_longer_than_the_emd_allows_is_refused_before_training(tokenize
 
 
 def test_short_pretraining_lowers_validation_loss(tokenizer_dir, tmp_path):
-    metrics = pretrain_mlm.main(_args(
-        tokenizer_dir, tmp_path / "run", "--do_train", "--do_eval", "--eval_before_training", "--max_steps", "40",
-        "--learning_rate", "2e-3", "--warmup_steps", "4", "--masking", "whole_word", "--save_strategy", "no"))
+    metrics = pretrain_mlm.main(
+        _args(
+            tokenizer_dir,
+            tmp_path / "run",
+            "--do_train",
+            "--do_eval",
+            "--eval_before_training",
+            "--max_steps",
+            "40",
+            "--learning_rate",
+            "2e-3",
+            "--warmup_steps",
+            "4",
+            "--masking",
+            "whole_word",
+            "--save_strategy",
+            "no",
+        )
+    )
     assert metrics["eval_loss"] < metrics["before_loss"] - 0.3
     assert metrics["eval_accuracy"] > metrics["before_accuracy"]
     assert metrics["eval_perplexity"] == pytest.approx(np.exp(metrics["eval_loss"]))
@@ -99,18 +145,39 @@ def test_short_pretraining_lowers_validation_loss(tokenizer_dir, tmp_path):
 
 
 def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir, tmp_path):
-    common = ["--do_train", "--max_steps", "6", "--save_steps", "3", "--learning_rate", "1e-3", "--masking", "ngram",
-              "--max_train_samples", "64", "--logging_steps", "1"]
+    common = [
+        "--do_train",
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--masking",
+        "ngram",
+        "--max_train_samples",
+        "64",
+        "--logging_steps",
+        "1",
+    ]
     pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "straight", *common))
-    pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "resumed", *common,
-                         "--resume_from_checkpoint", str(tmp_path / "straight" / "checkpoint-3")))
+    pretrain_mlm.main(
+        _args(
+            tokenizer_dir,
+            tmp_path / "resumed",
+            *common,
+            "--resume_from_checkpoint",
+            str(tmp_path / "straight" / "checkpoint-3"),
+        )
+    )
     state = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     # It continued at step 4: no step-3 checkpoint of its own, and steps 1-3 of its history are the checkpoint's.
     assert not (tmp_path / "resumed" / "checkpoint-3").exists()
     straight_state = json.loads((tmp_path / "straight" / "trainer_state.json").read_text())
     assert [e["loss"] for e in state["log_history"] if "loss" in e] == pytest.approx(
-        [e["loss"] for e in straight_state["log_history"] if "loss" in e], abs=1e-6)
+        [e["loss"] for e in straight_state["log_history"] if "loss" in e], abs=1e-6
+    )
     straight, resumed = tmp_path / "straight" / "checkpoint-6", tmp_path / "resumed" / "checkpoint-6"
     before, after = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert_close_by_name(after, before, atol=1e-6, rtol=0)
@@ -124,8 +191,21 @@ def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir
 
 @pytest.mark.parametrize("precision", ["--bf16", "--fp16"])  # on a CPU, both run under torch's CPU autocast
 def test_mixed_precision_flags_train_with_finite_loss(tokenizer_dir, tmp_path, precision):
-    metrics = pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "run", "--do_train", "--do_eval", "--max_steps", "3",
-                                      precision, "--save_strategy", "no", "--max_train_samples", "24"))
+    metrics = pretrain_mlm.main(
+        _args(
+            tokenizer_dir,
+            tmp_path / "run",
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "3",
+            precision,
+            "--save_strategy",
+            "no",
+            "--max_train_samples",
+            "24",
+        )
+    )
     assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_loss"])
 
 

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deberta_lite import DebertaLiteModel
-from deberta_lite.masking import DataCollatorForDebertaMLM
 from deberta_lite.attention import build_relative_position, make_log_bucket_position
+from deberta_lite.masking import DataCollatorForDebertaMLM
 
 from helpers import tiny_config
 
@@ -101,7 +101,7 @@ def test_masking_invariants(rows, strategy, probability, seed):
     assert torch.equal(masked[~chosen], input_ids[~chosen])  # nothing else changes
     replaced = masked[chosen]
     assert bool(((replaced == 3) | (replaced >= 4)).all())  # [MASK] or a real token, never another special
-    for row_chosen, row_candidate in zip(chosen, candidate):
+    for row_chosen, row_candidate in zip(chosen, candidate, strict=True):
         count = int(row_candidate.sum())
         if count:  # round(p * candidates) tokens, at least one
             assert int(row_chosen.sum()) == max(1, round(probability * count))

@@ -9,8 +9,9 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 from transformers import AutoTokenizer
 
-from helpers import DATA, tiny_config
 from deberta_lite import DebertaLiteModel
+
+from helpers import DATA, tiny_config
 
 
 SENTENCES = [
@@ -27,8 +28,12 @@ def checkpoint(tokenizer_dir, tmp_path_factory):
     directory = tmp_path_factory.mktemp("deberta_lite_encoder")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = tiny_config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     DebertaLiteModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -68,8 +73,9 @@ def test_encode_is_mean_pooling_of_the_encoder(checkpoint, build, tmp_path):
 def test_training_brings_pairs_together_and_saves(checkpoint, tmp_path):
     lines = [line.strip() for line in (DATA / "wiki_sample" / "train.txt").read_text().splitlines() if line.strip()]
     # Two overlapping windows of the same line are a positive pair; the other lines of the batch are negatives.
-    pairs = Dataset.from_dict({"anchor": [line[:60] for line in lines[:16]],
-                               "positive": [line[40:120] for line in lines[:16]]})
+    pairs = Dataset.from_dict(
+        {"anchor": [line[:60] for line in lines[:16]], "positive": [line[40:120] for line in lines[:16]]}
+    )
     model = SentenceTransformer(str(checkpoint), device="cpu")
     loss = MultipleNegativesRankingLoss(model)
 
@@ -81,9 +87,17 @@ def test_training_brings_pairs_together_and_saves(checkpoint, tmp_path):
             return loss(features, labels=None).item()
 
     initial = pair_loss()
-    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=4, learning_rate=1e-3,
-                                                per_device_train_batch_size=8, seed=0, save_strategy="no",
-                                                report_to=[], use_cpu=True, disable_tqdm=True)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=4,
+        learning_rate=1e-3,
+        per_device_train_batch_size=8,
+        seed=0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=loss).train()
     assert pair_loss() < 0.5 * initial
 

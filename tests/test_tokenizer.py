@@ -20,8 +20,13 @@ def test_trained_tokenizer_round_trips_through_auto_tokenizer(wiki_lines, tmp_pa
     tokenizer = train_unigram_tokenizer(wiki_lines, vocab_size=1500)
     assert len(tokenizer) == 1500
     assert tokenizer.convert_ids_to_tokens(list(range(5))) == SPECIAL_TOKENS
-    assert (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.unk_token_id,
-            tokenizer.mask_token_id) == (0, 1, 2, 3, 4)
+    assert (
+        tokenizer.pad_token_id,
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        tokenizer.unk_token_id,
+        tokenizer.mask_token_id,
+    ) == (0, 1, 2, 3, 4)
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert isinstance(loaded, DebertaV2Tokenizer)
@@ -71,7 +76,9 @@ def test_wrapping_an_existing_spm_model(tmp_path):
 def test_script_trains_from_text_files(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text((DATA / "wiki_sample" / "validation.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
-    tokenizer = train_tokenizer.main(["--train_files", str(corpus), "--vocab_size", "800", "--output_dir", str(tmp_path / "t")])
+    tokenizer = train_tokenizer.main(
+        ["--train_files", str(corpus), "--vocab_size", "800", "--output_dir", str(tmp_path / "t")]
+    )
     assert len(AutoTokenizer.from_pretrained(tmp_path / "t")) == len(tokenizer) == 800
 
 
@@ -88,14 +95,32 @@ def test_saved_tokenizers_truncate_to_the_model_length(tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(LONG_TEXT * 20, encoding="utf-8")
-    train_tokenizer.main(["--train_files", str(corpus), "--vocab_size", "300", "--model_max_length", "64",
-                          "--output_dir", str(tmp_path / "b")])
+    train_tokenizer.main(
+        [
+            "--train_files",
+            str(corpus),
+            "--vocab_size",
+            "300",
+            "--model_max_length",
+            "64",
+            "--output_dir",
+            str(tmp_path / "b"),
+        ]
+    )
     trained = AutoTokenizer.from_pretrained(tmp_path / "b")
     encoded = trained(LONG_TEXT, truncation=True)
     assert trained.model_max_length == 64 and len(encoded.input_ids) == 64 and encoded.input_ids[-1] == 2  # [SEP]
     with pytest.raises(SystemExit, match="model_max_length"):
-        train_tokenizer.main(["--spm_model", str(DATA / "spm" / "unigram_1000.model"), "--model_max_length", "0",
-                              "--output_dir", str(tmp_path / "c")])
+        train_tokenizer.main(
+            [
+                "--spm_model",
+                str(DATA / "spm" / "unigram_1000.model"),
+                "--model_max_length",
+                "0",
+                "--output_dir",
+                str(tmp_path / "c"),
+            ]
+        )
 
 
 def test_fill_mask_pipeline_truncates_a_long_text(tmp_path):
@@ -103,8 +128,16 @@ def test_fill_mask_pipeline_truncates_a_long_text(tmp_path):
 
     from deberta_lite import DebertaLiteForMaskedLM
 
-    train_tokenizer.main(["--spm_model", str(DATA / "spm" / "unigram_1000.model"), "--model_max_length", "64",
-                          "--output_dir", str(tmp_path)])
+    train_tokenizer.main(
+        [
+            "--spm_model",
+            str(DATA / "spm" / "unigram_1000.model"),
+            "--model_max_length",
+            "64",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     # The enhanced mask decoder caps masked LM at max_position_embeddings tokens.
     DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=64)).save_pretrained(tmp_path)

@@ -4,9 +4,9 @@ and a one-line error on anything older."""
 import importlib.util
 import json
 import re
-import tomllib
 
 import pytest
+import tomllib
 import transformers
 
 from deberta_lite import DebertaLiteModel
