@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
-from transformers import AutoModelForMaskedLM, AutoTokenizer, DebertaV2Config, DebertaV2ForMaskedLM
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DebertaV2Config,
+    DebertaV2ForMaskedLM,
+)
 
 from deberta_lite import (
     DebertaLiteConfig,
@@ -175,6 +181,17 @@ def top_mask_predictions(directory, text: str, top_k: int, **tokenizer_kwargs) -
         probabilities = model(**inputs).logits[0, position].softmax(-1)
     scores, tokens = probabilities.topk(top_k)
     return tokens.tolist(), scores.tolist()
+
+
+def classifier_prediction(directory, text: str) -> dict:
+    """The saved sequence classifier's own label (the softmax argmax) and its probability for `text`, computed without
+    a pipeline: what text-classification must report for it."""
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    with torch.no_grad():
+        probabilities = model(**tokenizer(text, return_tensors="pt")).logits[0].softmax(-1)
+    score, label = probabilities.max(-1)
+    return {"label": model.config.id2label[label.item()], "score": score.item()}
 
 
 # ---------------------------------------------------------------- subprocesses and the loopback Hub

@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DebertaV2Config, DebertaV2ForMaskedLM,
-                          pipeline)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DebertaV2ForMaskedLM, pipeline
 
 from deberta_lite import DebertaLiteForMaskedLM
 from deberta_lite.finetuning import GLUE_TASKS, load_local_task, task_metrics
 
-from helpers import DATA, TINY, load_script, tiny_config
+from helpers import DATA, classifier_prediction, load_script, tiny_config, v2_config
 
 
 finetune_glue = load_script("finetune_glue")
@@ -127,11 +126,14 @@ def checkpoint(tmp_path_factory, tokenizer_dir):
     return directory
 
 
+EVAL_SAMPLES = 64
+
+
 def _run(checkpoint, output_dir, *extra):
     return finetune_glue.main([
         "--model_name_or_path", str(checkpoint), "--output_dir", str(output_dir), "--use_cpu", "--report_to", "none",
         "--do_train", "--do_eval", "--do_predict", "--max_steps", "6", "--eval_steps", "3", "--save_steps", "3",
-        "--per_device_train_batch_size", "8", "--max_train_samples", "64", "--max_eval_samples", "64",
+        "--per_device_train_batch_size", "8", "--max_train_samples", "64", "--max_eval_samples", str(EVAL_SAMPLES),
         "--learning_rate", "1e-3", "--disable_tqdm", "true", "--seed", "3", *extra,
     ])
 
@@ -142,17 +144,43 @@ def _predictions(path):
 
 
 def _files(name):
+    """The sample's train and validation files, the validation file also as the test file: predictions for the rows
+    evaluated (with --max_predict_samples EVAL_SAMPLES) must give the reported metrics."""
     return ["--train_file", str(DATA / name / "train.tsv"), "--validation_file",
             str(DATA / name / "validation.tsv"), "--test_file", str(DATA / name / "validation.tsv")]
 
 
+def _validation(name, task_name=None, text_columns=None):
+    """The task a sample defines and its validation labels, as the run reads them."""
+    data, spec = load_local_task(str(DATA / name / "train.tsv"), str(DATA / name / "validation.tsv"),
+                                 text_columns=text_columns, task=GLUE_TASKS.get(task_name))
+    return spec, data["validation"]["labels"]
+
+
+def _metrics_of_predictions(path, spec, labels, prefix="eval") -> dict:
+    """The task's metrics over the predictions written to `path` against the labels of the rows predicted (the first
+    ones), named as the run reports them."""
+    spelling = spec.submission_labels or spec.label_names  # as write_predictions spells them
+    written = [row[1] for row in _predictions(path)[1:]]
+    predictions = [float(value) for value in written] if spec.is_regression else [spelling.index(v) for v in written]
+    metrics = task_metrics(spec.metric_names, np.array(predictions), np.array(labels[: len(predictions)]))
+    return {f"{prefix}_{key}": value for key, value in metrics.items()}
+
+
+def _reported(metrics, expected):
+    return {key: metrics[key] for key in expected}
+
+
 def test_binary_sentiment_as_glue_sst2(checkpoint, tmp_path):
     metrics = _run(checkpoint, tmp_path, "--task_name", "sst2", *_files("sentiment_sample"),
-                   "--max_predict_samples", "50")
-    assert 0 <= metrics["eval_accuracy"] <= 1 and "eval_f1" not in metrics
+                   "--max_predict_samples", str(EVAL_SAMPLES))
+    expected = _metrics_of_predictions(tmp_path / "SST-2.tsv", *_validation("sentiment_sample", "sst2"))
+    assert list(expected) == ["eval_accuracy"] and _reported(metrics, expected) == expected
+    assert "eval_f1" not in metrics
     rows = _predictions(tmp_path / "SST-2.tsv")
-    assert rows[0] == ["index", "prediction"] and len(rows) == 51
-    assert {row[1] for row in rows[1:]} <= {"0", "1"} and [row[0] for row in rows[1:]] == [str(i) for i in range(50)]
+    assert rows[0] == ["index", "prediction"] and len(rows) == 1 + EVAL_SAMPLES
+    assert {row[1] for row in rows[1:]} <= {"0", "1"}
+    assert [row[0] for row in rows[1:]] == [str(i) for i in range(EVAL_SAMPLES)]
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     evaluations = [e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e]
     assert state["best_metric"] == pytest.approx(max(evaluations))  # best checkpoint by the task's metric
@@ -165,50 +193,55 @@ def test_binary_sentiment_as_glue_sst2(checkpoint, tmp_path):
 
 
 def test_six_string_labels_keep_their_names(checkpoint, tmp_path):
-    metrics = _run(checkpoint, tmp_path, *_files("trec_sample"), "--max_predict_samples", "40")
-    assert set(metrics) >= {"eval_accuracy", "eval_f1", "eval_combined_score"}
-    assert all(0 <= metrics[k] <= 1 for k in ("eval_accuracy", "eval_f1", "eval_combined_score"))
+    metrics = _run(checkpoint, tmp_path, *_files("trec_sample"), "--max_predict_samples", str(EVAL_SAMPLES))
+    # F1 macro-averaged over the six labels
+    expected = _metrics_of_predictions(tmp_path / "test_predictions.tsv", *_validation("trec_sample"))
+    assert set(expected) == {"eval_accuracy", "eval_f1", "eval_combined_score"}
+    assert _reported(metrics, expected) == expected
     names = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert model.config.id2label == dict(enumerate(names)) and model.config.label2id == {n: i for i, n in
                                                                                          enumerate(names)}
     rows = _predictions(tmp_path / "test_predictions.tsv")
-    assert len(rows) == 41 and {row[1] for row in rows[1:]} <= set(names)
-    classify = pipeline("text-classification", model=str(tmp_path))
-    assert classify("Who wrote Hamlet ?")[0]["label"] in names
+    assert len(rows) == 1 + EVAL_SAMPLES and {row[1] for row in rows[1:]} <= set(names)
+    (result,) = pipeline("text-classification", model=str(tmp_path))("Who wrote Hamlet ?")
+    assert result == pytest.approx(classifier_prediction(tmp_path, "Who wrote Hamlet ?"))
 
 
 def test_regression_as_glue_stsb(checkpoint, tmp_path):
     metrics = _run(checkpoint, tmp_path, "--task_name", "stsb", *_files("amazon_reg_sample"),
-                   "--text_columns", "sentence", "--max_predict_samples", "30")
-    assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(metrics)
-    assert all(-1 <= metrics[k] <= 1 for k in ("eval_pearson", "eval_spearmanr"))
+                   "--text_columns", "sentence", "--max_predict_samples", str(EVAL_SAMPLES))
+    expected = _metrics_of_predictions(tmp_path / "STS-B.tsv", *_validation("amazon_reg_sample", "stsb", ("sentence",)))
+    assert set(expected) == {"eval_pearson", "eval_spearmanr", "eval_combined_score"}
+    # The file holds each prediction to 6 significant digits, where the tiny model's close predictions can tie: each
+    # tie moves Spearman's correlation by up to about 1.5e-3 (64 rows).
+    assert _reported(metrics, expected) == pytest.approx(expected, abs=5e-3)
     config = json.loads((tmp_path / "config.json").read_text())
     assert len(config["id2label"]) == 1
     assert config["problem_type"] == "regression"
     rows = _predictions(tmp_path / "STS-B.tsv")
-    assert rows[0] == ["index", "prediction"] and len(rows) == 31
+    assert rows[0] == ["index", "prediction"] and len(rows) == 1 + EVAL_SAMPLES
     assert all(np.isfinite(float(row[1])) for row in rows[1:])
 
 
 def test_sentence_pairs(checkpoint, tmp_path):
     metrics = _run(checkpoint, tmp_path, *_files("plagiarism_pairs"))
-    assert 0 <= metrics["eval_accuracy"] <= 1
     rows = _predictions(tmp_path / "test_predictions.tsv")
-    assert len(rows) == 1 + 19 and {row[1] for row in rows[1:]} <= {"0", "1", "2", "3"}
+    assert len(rows) == 1 + 19 and {row[1] for row in rows[1:]} <= {"0", "1", "2", "3"}  # all 19 validation rows
+    expected = _metrics_of_predictions(tmp_path / "test_predictions.tsv", *_validation("plagiarism_pairs"))
+    assert set(expected) == {"eval_accuracy", "eval_f1", "eval_combined_score"}
+    assert _reported(metrics, expected) == expected
 
 
 def test_debertav2_checkpoint_is_converted_on_the_fly(checkpoint, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    values = {k: v for k, v in TINY.items() if k not in ("position_buckets", "max_relative_positions")}
-    v2 = DebertaV2ForMaskedLM(DebertaV2Config(**{**values, "vocab_size": len(tokenizer)}, relative_attention=True,
-                                              position_buckets=8, max_relative_positions=32, share_att_key=True,
-                                              norm_rel_ebd="layer_norm", pos_att_type="p2c|c2p",
-                                              position_biased_input=False, legacy=False))
+    v2 = DebertaV2ForMaskedLM(v2_config("v3", vocab_size=len(tokenizer), legacy=False))
     v2.save_pretrained(tmp_path / "v2")
     tokenizer.save_pretrained(tmp_path / "v2")
-    metrics = _run(tmp_path / "v2", tmp_path / "run", *_files("sentiment_sample"), "--max_predict_samples", "10")
-    assert "eval_accuracy" in metrics
+    metrics = _run(tmp_path / "v2", tmp_path / "run", *_files("sentiment_sample"), "--max_predict_samples",
+                   str(EVAL_SAMPLES))
+    expected = _metrics_of_predictions(tmp_path / "run" / "test_predictions.tsv", *_validation("sentiment_sample"))
+    assert _reported(metrics, expected) == expected
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "deberta-lite"
     assert sorted(path.name for path in (tmp_path / "run").iterdir() if path.is_dir()) == ["checkpoint-3",
                                                                                           "checkpoint-6"]
@@ -238,13 +271,16 @@ def test_command_line_overrides_the_recipe():
 
 def test_classify_script_on_a_fine_tuned_checkpoint(checkpoint, tmp_path, capsys):
     _run(checkpoint, tmp_path, *_files("sentiment_sample"), "--max_predict_samples", "5")
-    results = load_script("classify").main([str(tmp_path), "a warm and funny film", "a boring mess"])
-    assert len(results) == 2 and all(r["label"] in {"negative", "positive"} and 0 <= r["score"] <= 1 for r in results)
+    sentences = ["a warm and funny film", "a boring mess"]
+    results = load_script("classify").main([str(tmp_path), *sentences])
+    assert results == [pytest.approx(classifier_prediction(tmp_path, sentence)) for sentence in sentences]
     assert "DebertaLiteForSequenceClassification" in capsys.readouterr().out
 
 
 def _fake_glue(task_name, load_dataset):
-    """An MNLI- or AX-shaped DatasetDict, as nyu-mll/glue has it, built from real sentence pairs."""
+    """An MNLI- or AX-shaped DatasetDict, as nyu-mll/glue has it, built from real sentence pairs. MNLI's test splits
+    are its validation splits with the labels hidden (-1, as GLUE's are), so that their predictions give its metrics;
+    AX holds every pair."""
     import datasets
 
     table = load_dataset("csv", data_files=str(DATA / "plagiarism_pairs" / "train.tsv"),
@@ -254,12 +290,13 @@ def _fake_glue(task_name, load_dataset):
     unlabelled = {**pairs, "label": [-1] * len(table)}
     if task_name == "ax":
         return datasets.DatasetDict(test=datasets.Dataset.from_dict(unlabelled))
+    matched, mismatched = range(20), range(20, 45)
     return datasets.DatasetDict(
         train=datasets.Dataset.from_dict(pairs),
-        validation_matched=datasets.Dataset.from_dict(pairs).select(range(20)),
-        validation_mismatched=datasets.Dataset.from_dict(pairs).select(range(20, 45)),
-        test_matched=datasets.Dataset.from_dict(unlabelled).select(range(12)),
-        test_mismatched=datasets.Dataset.from_dict(unlabelled).select(range(12, 30)),
+        validation_matched=datasets.Dataset.from_dict(pairs).select(matched),
+        validation_mismatched=datasets.Dataset.from_dict(pairs).select(mismatched),
+        test_matched=datasets.Dataset.from_dict(unlabelled).select(matched),
+        test_mismatched=datasets.Dataset.from_dict(unlabelled).select(mismatched),
     )
 
 
@@ -276,11 +313,17 @@ def test_mnli_reports_matched_and_mismatched_and_ax_predicts_with_it(checkpoint,
     monkeypatch.setattr(finetuning.datasets, "load_dataset", fake_load_dataset)
     metrics = _run(checkpoint, tmp_path / "mnli", "--task_name", "mnli")
     assert requested == [("nyu-mll/glue", "mnli")]  # the Hub dataset, with the task as its configuration
-    assert {"eval_accuracy", "eval_mismatched_accuracy"} <= set(metrics)
+    glue = _fake_glue("mnli", original)
     matched = _predictions(tmp_path / "mnli" / "MNLI-m.tsv")
     mismatched = _predictions(tmp_path / "mnli" / "MNLI-mm.tsv")
-    assert (len(matched), len(mismatched)) == (13, 19)
-    assert {row[1] for row in matched[1:] + mismatched[1:]} <= {"entailment", "neutral", "contradiction"}
+    assert [row[0] for row in matched[1:] + mismatched[1:]] == [str(i) for i in range(45)]  # GLUE's idx
+    expected = {
+        **_metrics_of_predictions(tmp_path / "mnli" / "MNLI-m.tsv", GLUE_TASKS["mnli"],
+                                  glue["validation_matched"]["label"]),
+        **_metrics_of_predictions(tmp_path / "mnli" / "MNLI-mm.tsv", GLUE_TASKS["mnli"],
+                                  glue["validation_mismatched"]["label"], prefix="eval_mismatched"),
+    }
+    assert set(expected) == {"eval_accuracy", "eval_mismatched_accuracy"} and _reported(metrics, expected) == expected
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "mnli")
     assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
 
@@ -288,6 +331,8 @@ def test_mnli_reports_matched_and_mismatched_and_ax_predicts_with_it(checkpoint,
                         str(tmp_path / "ax"), "--do_predict", "--use_cpu", "--report_to", "none"])
     rows = _predictions(tmp_path / "ax" / "AX.tsv")
     assert rows[0] == ["index", "prediction"] and len(rows) == 1 + 76
+    # The MNLI model's predictions: on the pairs MNLI's test splits held, what the MNLI run wrote.
+    assert rows[1:46] == matched[1:] + mismatched[1:]
 
 
 def test_do_train_without_training_data_is_a_clear_error(checkpoint, tmp_path):
