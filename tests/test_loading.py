@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 from transformers import (
     AutoModelForMaskedLM,
@@ -42,6 +42,7 @@ from helpers import (
     padded_inputs,
     run_python,
     save_pickled,
+    tiny_config,
     v2_config,
 )
 
@@ -181,6 +182,32 @@ def test_pickle_weights_load_only_with_use_safetensors_false(tmp_path):
     )
     assert_nothing_left_out(info)
     assert_same_outputs(lite, reference)
+
+
+def test_truncated_or_corrupted_weights_name_the_file(tmp_path):
+    DebertaLiteModel(tiny_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    for broken in (data[: len(data) // 2], data[:100], b"not a safetensors file" * 10, b""):
+        weights.write_bytes(broken)
+        with pytest.raises(OSError, match=rf"{weights} cannot be read .*truncated or corrupted"):
+            DebertaLiteModel.from_pretrained(tmp_path)
+
+
+def test_pickled_weights_need_an_explicit_opt_in(tmp_path):
+    model = DebertaLiteModel(tiny_config())
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match=r"pickled weights \(pytorch_model\.bin\).*use_safetensors=False"):
+        DebertaLiteModel.from_pretrained(tmp_path)
+    loaded = DebertaLiteModel.from_pretrained(tmp_path, use_safetensors=False)
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, model.state_dict()[key], atol=0, rtol=0)
+    # Safetensors beside a pickle: the safetensors are what loads, without any opt-in.
+    save_file(state, tmp_path / "model.safetensors")
+    DebertaLiteModel.from_pretrained(tmp_path)
 
 
 def test_original_checkpoint_loads_into_the_masked_lm_with_its_position_table(tmp_path):
