@@ -1,6 +1,7 @@
 """Loading checkpoints with from_pretrained: every DeBERTa-lite class loads transformers' DebertaV2 checkpoints, and
-the original DeBERTa ones, directly (the config translated, the weights renamed), from a directory or a Hub id, and
-pickled weights only with use_safetensors=False. The reference is the DebertaV2 model that was saved.
+the original DeBERTa ones, directly (the config translated, the weights renamed), from a directory or a Hub id; pickled
+weights only with use_safetensors=False; an unreadable weights file is named in the error. The reference is the model
+that was saved.
 
 What belongs here: what from_pretrained accepts, refuses and reports. Converting directories with
 scripts/convert_checkpoint.py is tests/test_convert.py's; Auto classes and remote code are tests/test_auto.py's.
@@ -10,7 +11,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.testing import assert_close
 from transformers import (
     AutoModelForMaskedLM,
@@ -172,16 +173,25 @@ def test_loads_from_a_hub_id(hub, tmp_path):
     assert any(path.startswith("/user/deberta-v2-tiny/") and path.endswith("/model.safetensors") for path in downloads)
 
 
-def test_pickle_weights_load_only_with_use_safetensors_false(tmp_path):
-    reference = _reference(DebertaV2ForSequenceClassification, "v3")
+@pytest.mark.parametrize("source", ["deberta_lite", "debertav2"])
+def test_pickled_weights_load_only_with_use_safetensors_false(source, tmp_path):
+    if source == "deberta_lite":
+        reference = DebertaLiteForSequenceClassification(tiny_config(num_labels=3)).eval()
+    else:
+        reference = _reference(DebertaV2ForSequenceClassification, "v3")
     save_pickled(reference, tmp_path)
-    with pytest.raises(OSError, match="use_safetensors=False"):
+    with pytest.raises(OSError, match=r"pickled weights \(pytorch_model\.bin\).*use_safetensors=False"):
         DebertaLiteForSequenceClassification.from_pretrained(tmp_path)
     lite, info = DebertaLiteForSequenceClassification.from_pretrained(
         tmp_path, use_safetensors=False, output_loading_info=True
     )
     assert_nothing_left_out(info)
     assert_same_outputs(lite, reference)
+    # Safetensors beside a pickle: the safetensors are what loads, without any opt-in, to the very same weights.
+    reference.save_pretrained(tmp_path)
+    assert (tmp_path / "pytorch_model.bin").exists()
+    from_safetensors = DebertaLiteForSequenceClassification.from_pretrained(tmp_path)
+    assert_close_by_name(from_safetensors.state_dict(), lite.state_dict(), atol=0, rtol=0)
 
 
 def test_truncated_or_corrupted_weights_name_the_file(tmp_path):
@@ -192,22 +202,6 @@ def test_truncated_or_corrupted_weights_name_the_file(tmp_path):
         weights.write_bytes(broken)
         with pytest.raises(OSError, match=rf"{weights} cannot be read .*truncated or corrupted"):
             DebertaLiteModel.from_pretrained(tmp_path)
-
-
-def test_pickled_weights_need_an_explicit_opt_in(tmp_path):
-    model = DebertaLiteModel(tiny_config())
-    model.save_pretrained(tmp_path)
-    state = load_file(tmp_path / "model.safetensors")
-    torch.save(state, tmp_path / "pytorch_model.bin")
-    (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(OSError, match=r"pickled weights \(pytorch_model\.bin\).*use_safetensors=False"):
-        DebertaLiteModel.from_pretrained(tmp_path)
-    loaded = DebertaLiteModel.from_pretrained(tmp_path, use_safetensors=False)
-    for key, value in loaded.state_dict().items():
-        torch.testing.assert_close(value, model.state_dict()[key], atol=0, rtol=0)
-    # Safetensors beside a pickle: the safetensors are what loads, without any opt-in.
-    save_file(state, tmp_path / "model.safetensors")
-    DebertaLiteModel.from_pretrained(tmp_path)
 
 
 def test_original_checkpoint_loads_into_the_masked_lm_with_its_position_table(tmp_path):
