@@ -133,44 +133,76 @@ def test_masked_lm_with_the_emd_misses_only_the_absolute_table_transformers_did_
         assert torch.equal(with_emd.state_dict()[key], value), key
 
 
+# Loads a loopback Hub repository (argv[1]) into DebertaLiteForSequenceClassification with the keyword arguments in
+# argv[3] (JSON), in a fresh process (huggingface_hub reads HF_ENDPOINT when it is imported), and compares its logits
+# with those saved in argv[2].
+LOAD_FROM_HUB = """
+    import json, sys
+    import torch
+    from deberta_lite import DebertaLiteForSequenceClassification
+
+    repo_id, expected, kwargs = sys.argv[1], torch.load(sys.argv[2]), json.loads(sys.argv[3])
+    model, info = DebertaLiteForSequenceClassification.from_pretrained(repo_id, output_loading_info=True, **kwargs)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        logits = model.eval()(**expected["inputs"]).logits
+    torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=1e-5)
+    print("loaded")
+"""
+
+
+def _publish(state, repo_id, directory):
+    """The files of a checkpoint directory as the loopback Hub repository `repo_id`."""
+    with state.lock:
+        state.repos[repo_id] = {
+            "files": {path.name: path.read_bytes() for path in directory.iterdir()},
+            "sha": "1" * 40,
+            "private": False,
+        }
+
+
+def _load_from_hub(url, tmp_path, repo_id, reference, **kwargs):
+    """LOAD_FROM_HUB for `repo_id` against the reference model's logits."""
+    inputs = _inputs_for(reference)
+    with torch.no_grad():
+        torch.save({"inputs": inputs, "logits": reference(**inputs).logits}, tmp_path / "expected.pt")
+    return run_python(LOAD_FROM_HUB, hub_env(url, tmp_path / "home"), tmp_path, repo_id, tmp_path / "expected.pt",
+                      json.dumps(kwargs))
+
+
+def _downloaded(state, repo_id, name) -> bool:
+    return any(method == "GET" and path.startswith(f"/{repo_id}/resolve/") and path.endswith(f"/{name}")
+               for method, path in state.requests)
+
+
 @pytest.mark.slow
 def test_loads_from_a_hub_id(hub, tmp_path):
     state, url = hub
     reference = _reference(DebertaV2ForSequenceClassification, "v3")
     reference.save_pretrained(tmp_path / "v2")
-    # Placed on the loopback Hub as a DebertaV2 repository (config, safetensors) is published.
-    with state.lock:
-        state.repos["user/deberta-v2-tiny"] = {
-            "files": {path.name: path.read_bytes() for path in (tmp_path / "v2").iterdir()},
-            "sha": "1" * 40,
-            "private": False,
-        }
-    inputs = _inputs_for(reference)
-    with torch.no_grad():
-        torch.save({"inputs": inputs, "logits": reference(**inputs).logits}, tmp_path / "expected.pt")
-    loaded = run_python(
-        """
-        import sys
-        import torch
-        from deberta_lite import DebertaLiteForSequenceClassification
-
-        expected = torch.load(sys.argv[1])
-        model, info = DebertaLiteForSequenceClassification.from_pretrained("user/deberta-v2-tiny",
-                                                                          output_loading_info=True)
-        assert not any(info.values()), info
-        with torch.no_grad():
-            logits = model.eval()(**expected["inputs"]).logits
-        torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=1e-5)
-        print("loaded")
-        """,
-        hub_env(url, tmp_path / "home"),
-        tmp_path,
-        tmp_path / "expected.pt",
-    )
+    _publish(state, "user/deberta-v2-tiny", tmp_path / "v2")  # config and safetensors, as DebertaV2 publishes them
+    loaded = _load_from_hub(url, tmp_path, "user/deberta-v2-tiny", reference)
     assert loaded.returncode == 0, loaded.stderr[-4000:]
     assert "loaded" in loaded.stdout
-    downloads = [path for method, path in state.requests if method == "GET" and "/resolve/" in path]
-    assert any(path.startswith("/user/deberta-v2-tiny/") and path.endswith("/model.safetensors") for path in downloads)
+    assert _downloaded(state, "user/deberta-v2-tiny", "model.safetensors")
+
+
+@pytest.mark.slow
+def test_a_hub_repository_with_only_pickled_weights_loads_only_with_use_safetensors_false(hub, tmp_path):
+    state, url = hub
+    reference = _reference(DebertaV2ForSequenceClassification, "v3")
+    save_pickled(reference, tmp_path / "v2")  # config.json and pytorch_model.bin, as older checkpoints ship them
+    _publish(state, "user/deberta-v2-pickled", tmp_path / "v2")
+    refused = _load_from_hub(url, tmp_path, "user/deberta-v2-pickled", reference)
+    assert refused.returncode != 0
+    error = refused.stderr.strip().splitlines()[-1]
+    assert error.startswith("OSError: user/deberta-v2-pickled holds pickled weights (pytorch_model.bin)"), error
+    assert "use_safetensors=False" in error
+    assert not _downloaded(state, "user/deberta-v2-pickled", "pytorch_model.bin")  # refused before it is read
+    loaded = _load_from_hub(url, tmp_path, "user/deberta-v2-pickled", reference, use_safetensors=False)
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    assert "loaded" in loaded.stdout
+    assert _downloaded(state, "user/deberta-v2-pickled", "pytorch_model.bin")
 
 
 @pytest.mark.parametrize("source", ["deberta_lite", "debertav2"])
