@@ -3,6 +3,7 @@
 
 import os
 
+
 # Before anything imports huggingface_hub: tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

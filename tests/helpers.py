@@ -79,17 +79,45 @@ V2_TINY = {
 
 CASES = {
     # (a) DeBERTa-v3: buckets, shared keys, layer-normed relative table, no absolute input positions
-    "v3": dict(position_buckets=8, max_relative_positions=32, share_att_key=True, norm_rel_ebd="layer_norm",
-               pos_att_type="p2c|c2p", position_biased_input=False, type_vocab_size=0),
+    "v3": dict(
+        position_buckets=8,
+        max_relative_positions=32,
+        share_att_key=True,
+        norm_rel_ebd="layer_norm",
+        pos_att_type="p2c|c2p",
+        position_biased_input=False,
+        type_vocab_size=0,
+    ),
     # (b) DeBERTa v1: no buckets, separate position projections, c2p|p2c, no relative LayerNorm
-    "v1": dict(max_relative_positions=-1, share_att_key=False, pos_att_type="c2p|p2c", position_biased_input=True,
-               type_vocab_size=0),
+    "v1": dict(
+        max_relative_positions=-1,
+        share_att_key=False,
+        pos_att_type="c2p|p2c",
+        position_biased_input=True,
+        type_vocab_size=0,
+    ),
     # (c) DeBERTa-v2-xlarge: the convolution after the first layer
-    "v2_xlarge": dict(position_buckets=8, max_relative_positions=32, share_att_key=True, norm_rel_ebd="layer_norm",
-                      pos_att_type="p2c|c2p", position_biased_input=False, conv_kernel_size=3, conv_act="gelu"),
+    "v2_xlarge": dict(
+        position_buckets=8,
+        max_relative_positions=32,
+        share_att_key=True,
+        norm_rel_ebd="layer_norm",
+        pos_att_type="p2c|c2p",
+        position_biased_input=False,
+        conv_kernel_size=3,
+        conv_act="gelu",
+    ),
     # (d) embedding_size != hidden_size, with two token types
-    "embed_proj": dict(position_buckets=8, max_relative_positions=32, share_att_key=True, norm_rel_ebd="layer_norm",
-                       pos_att_type="p2c|c2p", position_biased_input=False, embedding_size=16, type_vocab_size=2),
+    "embed_proj": dict(
+        position_buckets=8,
+        max_relative_positions=32,
+        share_att_key=True,
+        norm_rel_ebd="layer_norm",
+        pos_att_type="p2c|c2p",
+        position_biased_input=False,
+        embedding_size=16,
+        type_vocab_size=2,
+    ),
 }
 
 
@@ -131,8 +159,14 @@ def original_deberta_checkpoint(directory):
     generator = torch.Generator().manual_seed(1)
     table = torch.randn(64, 32, generator=generator)
     weights[POSITION_TABLE] = table
-    for name, shape in [("dense.weight", (32, 32)), ("dense.bias", (32,)), ("LayerNorm.weight", (32,)),
-                        ("LayerNorm.bias", (32,)), ("classifier.weight", (1, 32)), ("classifier.bias", (1,))]:
+    for name, shape in [
+        ("dense.weight", (32, 32)),
+        ("dense.bias", (32,)),
+        ("LayerNorm.weight", (32,)),
+        ("LayerNorm.bias", (32,)),
+        ("classifier.weight", (1, 32)),
+        ("classifier.bias", (1,)),
+    ]:
         weights[f"mask_predictions.{name}"] = torch.randn(shape, generator=generator)
     save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
     return reference, table
@@ -224,15 +258,23 @@ def run_python(source: str, env: dict, cwd, *args, without_deberta_lite: bool = 
     importing the package fail there, so only remote code can provide the model."""
     script = cwd / "script.py"
     script.write_text((WITHOUT_DEBERTA_LITE if without_deberta_lite else "") + textwrap.dedent(source))
-    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def hub_env(url: str, home, token: bool = True) -> dict:
     """The environment of a subprocess that talks to the loopback Hub at `url` (the `hub` fixture), with its own
     caches under `home`: huggingface_hub reads HF_ENDPOINT when it is imported."""
-    env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
-           "HF_MODULES_CACHE": str(home / "modules"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_MODULES_CACHE": str(home / "modules"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
     env.pop("HF_TOKEN", None)
     if token:
         env["HF_TOKEN"] = "hf_test_token"

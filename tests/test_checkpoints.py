@@ -100,10 +100,33 @@ pretrain_mlm.main(sys.argv[1:])
 
 
 def _run_args(tokenizer_dir, output_dir, *extra):
-    return ["--tokenizer_name", str(tokenizer_dir), "--output_dir", str(output_dir), "--use_cpu", "--report_to",
-            "none", "--per_device_train_batch_size", "8", "--max_train_samples", "64", "--seed", "7",
-            "--disable_tqdm", "true", "--do_train", "--max_steps", "6", "--save_steps", "2", "--learning_rate", "1e-3",
-            "--masking", "ngram", *extra]
+    return [
+        "--tokenizer_name",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_train_samples",
+        "64",
+        "--seed",
+        "7",
+        "--disable_tqdm",
+        "true",
+        "--do_train",
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--masking",
+        "ngram",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -114,19 +137,27 @@ def uninterrupted(tokenizer_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill, skipped, resumed_from", [
-    ({"KILL_SAVE": "2"}, "checkpoint-4", "checkpoint-2"),  # killed while saving checkpoint-4
-    ({"KILL_STEP": "5"}, None, "checkpoint-4"),  # killed in the middle of step 5
-])
-def test_sigkilled_run_resumes_to_the_same_weights(tokenizer_dir, tmp_path, uninterrupted, kill, skipped,
-                                                   resumed_from):
+@pytest.mark.parametrize(
+    "kill, skipped, resumed_from",
+    [
+        ({"KILL_SAVE": "2"}, "checkpoint-4", "checkpoint-2"),  # killed while saving checkpoint-4
+        ({"KILL_STEP": "5"}, None, "checkpoint-4"),  # killed in the middle of step 5
+    ],
+)
+def test_sigkilled_run_resumes_to_the_same_weights(tokenizer_dir, tmp_path, uninterrupted, kill, skipped, resumed_from):
     output_dir = tmp_path / "run"
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(scripts=str(ROOT / "scripts")))
     # --save_total_limit 1: Trainer alone would delete checkpoint-2 before checkpoint-4 is complete.
     args = _run_args(tokenizer_dir, output_dir, "--save_total_limit", "1")
-    killed = subprocess.run([sys.executable, str(driver), *args], env={**os.environ, **kill}, cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        [sys.executable, str(driver), *args],
+        env={**os.environ, **kill},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (output_dir / "model.safetensors").exists()  # it really died before the end
     if skipped:
@@ -155,23 +186,45 @@ def _train_classifier(trainer_class, output_dir, args_out: list | None = None) -
     The metric worsens at every evaluation, so the best checkpoint (checkpoint-2) is not the last one.
     """
     input_ids, attention_mask = padded_batch(batch=8, seed=5)
-    dataset = datasets.Dataset.from_dict({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(),
-                                          "labels": (input_ids[:, 1] % 2).tolist()})
+    dataset = datasets.Dataset.from_dict(
+        {
+            "input_ids": input_ids.tolist(),
+            "attention_mask": attention_mask.tolist(),
+            "labels": (input_ids[:, 1] % 2).tolist(),
+        }
+    )
     evaluations = []
 
     def worsening(_):
         evaluations.append(1)
         return {"score": -len(evaluations)}
 
-    args = TrainingArguments(output_dir=str(output_dir), max_steps=6, per_device_train_batch_size=2,
-                             eval_strategy="steps", eval_steps=2, save_steps=2, save_total_limit=1,
-                             load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True,
-                             use_cpu=True, report_to="none", disable_tqdm=True, seed=0)
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=6,
+        per_device_train_batch_size=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_steps=2,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="score",
+        greater_is_better=True,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
     if args_out is not None:
         args_out.append(args)
     torch.manual_seed(0)
-    trainer = trainer_class(model=DebertaLiteForSequenceClassification(tiny_config(num_labels=2)), args=args,
-                            train_dataset=dataset, eval_dataset=dataset, compute_metrics=worsening)
+    trainer = trainer_class(
+        model=DebertaLiteForSequenceClassification(tiny_config(num_labels=2)),
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        compute_metrics=worsening,
+    )
     trainer.train()
     trainer.save_model()
     return sorted(path.name for path in output_dir.glob("checkpoint-*"))
@@ -194,8 +247,9 @@ def test_rotation_after_the_marker_keeps_what_trainer_keeps(tmp_path):
 def test_the_callback_refuses_what_it_cannot_make_safe_and_marks_trial_folders(tmp_path):
     callback, control = CrashSafeCheckpoints(save_total_limit=2), TrainerControl()
     with pytest.raises(ValueError, match="save_total_limit=2: it would delete older checkpoints before the new one"):
-        callback.on_train_begin(TrainingArguments(str(tmp_path), save_total_limit=2, use_cpu=True), TrainerState(),
-                                control)
+        callback.on_train_begin(
+            TrainingArguments(str(tmp_path), save_total_limit=2, use_cpu=True), TrainerState(), control
+        )
     args = TrainingArguments(str(tmp_path), use_cpu=True)
     with pytest.raises(ValueError, match="hyperparameter search .* needs hp_name"):
         callback.on_train_begin(args, TrainerState(is_hyper_param_search=True), control)
@@ -237,16 +291,33 @@ def test_two_processes_mark_a_checkpoint_once_both_have_written_it(tokenizer_dir
     output_dir = tmp_path / "run"
     driver = tmp_path / "driver.py"
     driver.write_text(SLOW_RANK_DRIVER.format(scripts=str(ROOT / "scripts")))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-               "--main_process_port", str(_free_port()), str(driver),
-               *_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(driver),
+        *_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-6"]
     recorded = json.loads((output_dir / "checkpoint-6" / COMPLETE_MARKER).read_text())["files"]
-    assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors", "optimizer.pt", "trainer_state.json",
-            "training_args.json"} <= set(recorded)
+    assert {
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+        "model.safetensors",
+        "optimizer.pt",
+        "trainer_state.json",
+        "training_args.json",
+    } <= set(recorded)
     verify_checkpoint(output_dir / "checkpoint-6")
     assert not list(output_dir.rglob("training_args.bin"))

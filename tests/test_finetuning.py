@@ -24,7 +24,8 @@ def test_binary_metrics_by_hand():
     predictions, labels = np.array([1, 0, 1, 1, 0, 1]), np.array([1, 0, 0, 1, 0, 0])
     # TP 2, TN 2, FP 2, FN 0: accuracy 4/6, precision 1/2, recall 1, F1 2/3, MCC (2*2 - 2*0) / sqrt(4*2*4*2) = 1/2
     assert task_metrics(("accuracy", "f1"), predictions, labels) == pytest.approx(
-        {"accuracy": 4 / 6, "f1": 2 / 3, "combined_score": (4 / 6 + 2 / 3) / 2})
+        {"accuracy": 4 / 6, "f1": 2 / 3, "combined_score": (4 / 6 + 2 / 3) / 2}
+    )
     assert task_metrics(("matthews_correlation",), predictions, labels) == pytest.approx({"matthews_correlation": 0.5})
 
 
@@ -39,14 +40,26 @@ def test_regression_metrics_by_hand():
     # deviations (-1.5, -.5, .5, 1.5) and (-3.25, -1.25, .75, 3.75): r = 11.5 / sqrt(5 * 26.75); ranks agree
     pearson = 11.5 / np.sqrt(5 * 26.75)
     assert task_metrics(("pearson", "spearmanr"), predictions, labels) == pytest.approx(
-        {"pearson": pearson, "spearmanr": 1.0, "combined_score": (pearson + 1.0) / 2})
+        {"pearson": pearson, "spearmanr": 1.0, "combined_score": (pearson + 1.0) / 2}
+    )
 
 
 def test_glue_tasks_cover_every_task_with_server_file_names():
     assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "ax"}
     files = {name for spec in GLUE_TASKS.values() for name in spec.submission_files.values()}
-    assert files == {"CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv",
-                     "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv"}
+    assert files == {
+        "CoLA.tsv",
+        "SST-2.tsv",
+        "MRPC.tsv",
+        "STS-B.tsv",
+        "QQP.tsv",
+        "MNLI-m.tsv",
+        "MNLI-mm.tsv",
+        "QNLI.tsv",
+        "RTE.tsv",
+        "WNLI.tsv",
+        "AX.tsv",
+    }
     assert GLUE_TASKS["mnli"].evaluation_splits == ("validation_matched", "validation_mismatched")
     assert GLUE_TASKS["stsb"].is_regression and GLUE_TASKS["cola"].main_metric == "matthews_correlation"
 
@@ -82,8 +95,16 @@ def test_data_errors_name_the_file_and_column(tmp_path):
 
 def test_a_train_or_validation_row_without_label_or_text_names_file_line_and_column(tmp_path):
     # Integer labels: the empty one made the column float with a None, which int() refused.
-    train = _write(tmp_path / "train.tsv", [["sentence", "label"], ["good film", "1"], ["a quoted\nsentence", "0"],
-                                            ["no label here", ""], ["bad film", "0"]])
+    train = _write(
+        tmp_path / "train.tsv",
+        [
+            ["sentence", "label"],
+            ["good film", "1"],
+            ["a quoted\nsentence", "0"],
+            ["no label here", ""],
+            ["bad film", "0"],
+        ],
+    )
     with pytest.raises(ValueError, match=r"train\.tsv, line 5: no value in column 'label' \(1 row of 4 in the file\)"):
         load_local_task(train, None)
     # String labels, a blank line (skipped) before the rows without text.
@@ -96,11 +117,24 @@ def test_a_train_or_validation_row_without_label_or_text_names_file_line_and_col
     with pytest.raises(ValueError, match=r"validation\.jsonl, line 2: no value in column 'label'"):
         load_local_task(good, str(jsonl))
     with pytest.raises(ValueError, match=r"train\.tsv, line 5: no value in column 'label'"):
-        finetune_glue.main(["--model_name_or_path", str(tmp_path / "never-loaded"), "--output_dir", str(tmp_path / "o"),
-                            "--do_train", "--train_file", train, "--use_cpu", "--report_to", "none"])
+        finetune_glue.main(
+            [
+                "--model_name_or_path",
+                str(tmp_path / "never-loaded"),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--do_train",
+                "--train_file",
+                train,
+                "--use_cpu",
+                "--report_to",
+                "none",
+            ]
+        )
     # A test file may leave labels and text empty: its labels are not used, and every row gets a prediction.
-    test = _write(tmp_path / "test.tsv", [["sentence", "label"], ["good film", "pos"], ["unlabelled film", ""],
-                                          ["", ""]])
+    test = _write(
+        tmp_path / "test.tsv", [["sentence", "label"], ["good film", "pos"], ["unlabelled film", ""], ["", ""]]
+    )
     data, _ = load_local_task(good, None, test)
     assert data["test"]["sentence"] == ["good film", "unlabelled film", None]
     assert "labels" not in data["test"].column_names and data["train"]["labels"] == [1, 0]
@@ -121,7 +155,8 @@ def checkpoint(tmp_path_factory, tokenizer_dir):
     directory = tmp_path_factory.mktemp("checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=128)).save_pretrained(
-        directory)
+        directory
+    )
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -130,12 +165,39 @@ EVAL_SAMPLES = 64
 
 
 def _run(checkpoint, output_dir, *extra):
-    return finetune_glue.main([
-        "--model_name_or_path", str(checkpoint), "--output_dir", str(output_dir), "--use_cpu", "--report_to", "none",
-        "--do_train", "--do_eval", "--do_predict", "--max_steps", "6", "--eval_steps", "3", "--save_steps", "3",
-        "--per_device_train_batch_size", "8", "--max_train_samples", "64", "--max_eval_samples", str(EVAL_SAMPLES),
-        "--learning_rate", "1e-3", "--disable_tqdm", "true", "--seed", "3", *extra,
-    ])
+    return finetune_glue.main(
+        [
+            "--model_name_or_path",
+            str(checkpoint),
+            "--output_dir",
+            str(output_dir),
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--max_steps",
+            "6",
+            "--eval_steps",
+            "3",
+            "--save_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_train_samples",
+            "64",
+            "--max_eval_samples",
+            str(EVAL_SAMPLES),
+            "--learning_rate",
+            "1e-3",
+            "--disable_tqdm",
+            "true",
+            "--seed",
+            "3",
+            *extra,
+        ]
+    )
 
 
 def _predictions(path):
@@ -146,14 +208,24 @@ def _predictions(path):
 def _files(name):
     """The sample's train and validation files, the validation file also as the test file: predictions for the rows
     evaluated (with --max_predict_samples EVAL_SAMPLES) must give the reported metrics."""
-    return ["--train_file", str(DATA / name / "train.tsv"), "--validation_file",
-            str(DATA / name / "validation.tsv"), "--test_file", str(DATA / name / "validation.tsv")]
+    return [
+        "--train_file",
+        str(DATA / name / "train.tsv"),
+        "--validation_file",
+        str(DATA / name / "validation.tsv"),
+        "--test_file",
+        str(DATA / name / "validation.tsv"),
+    ]
 
 
 def _validation(name, task_name=None, text_columns=None):
     """The task a sample defines and its validation labels, as the run reads them."""
-    data, spec = load_local_task(str(DATA / name / "train.tsv"), str(DATA / name / "validation.tsv"),
-                                 text_columns=text_columns, task=GLUE_TASKS.get(task_name))
+    data, spec = load_local_task(
+        str(DATA / name / "train.tsv"),
+        str(DATA / name / "validation.tsv"),
+        text_columns=text_columns,
+        task=GLUE_TASKS.get(task_name),
+    )
     return spec, data["validation"]["labels"]
 
 
@@ -172,8 +244,15 @@ def _reported(metrics, expected):
 
 
 def test_binary_sentiment_as_glue_sst2(checkpoint, tmp_path):
-    metrics = _run(checkpoint, tmp_path, "--task_name", "sst2", *_files("sentiment_sample"),
-                   "--max_predict_samples", str(EVAL_SAMPLES))
+    metrics = _run(
+        checkpoint,
+        tmp_path,
+        "--task_name",
+        "sst2",
+        *_files("sentiment_sample"),
+        "--max_predict_samples",
+        str(EVAL_SAMPLES),
+    )
     expected = _metrics_of_predictions(tmp_path / "SST-2.tsv", *_validation("sentiment_sample", "sst2"))
     assert list(expected) == ["eval_accuracy"] and _reported(metrics, expected) == expected
     assert "eval_f1" not in metrics
@@ -200,8 +279,9 @@ def test_six_string_labels_keep_their_names(checkpoint, tmp_path):
     assert _reported(metrics, expected) == expected
     names = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
-    assert model.config.id2label == dict(enumerate(names)) and model.config.label2id == {n: i for i, n in
-                                                                                         enumerate(names)}
+    assert model.config.id2label == dict(enumerate(names)) and model.config.label2id == {
+        n: i for i, n in enumerate(names)
+    }
     rows = _predictions(tmp_path / "test_predictions.tsv")
     assert len(rows) == 1 + EVAL_SAMPLES and {row[1] for row in rows[1:]} <= set(names)
     (result,) = pipeline("text-classification", model=str(tmp_path))("Who wrote Hamlet ?")
@@ -209,8 +289,17 @@ def test_six_string_labels_keep_their_names(checkpoint, tmp_path):
 
 
 def test_regression_as_glue_stsb(checkpoint, tmp_path):
-    metrics = _run(checkpoint, tmp_path, "--task_name", "stsb", *_files("amazon_reg_sample"),
-                   "--text_columns", "sentence", "--max_predict_samples", str(EVAL_SAMPLES))
+    metrics = _run(
+        checkpoint,
+        tmp_path,
+        "--task_name",
+        "stsb",
+        *_files("amazon_reg_sample"),
+        "--text_columns",
+        "sentence",
+        "--max_predict_samples",
+        str(EVAL_SAMPLES),
+    )
     expected = _metrics_of_predictions(tmp_path / "STS-B.tsv", *_validation("amazon_reg_sample", "stsb", ("sentence",)))
     assert set(expected) == {"eval_pearson", "eval_spearmanr", "eval_combined_score"}
     # The file holds each prediction to 6 significant digits, where the tiny model's close predictions can tie: each
@@ -238,21 +327,30 @@ def test_debertav2_checkpoint_is_converted_on_the_fly(checkpoint, tmp_path):
     v2 = DebertaV2ForMaskedLM(v2_config("v3", vocab_size=len(tokenizer), legacy=False))
     v2.save_pretrained(tmp_path / "v2")
     tokenizer.save_pretrained(tmp_path / "v2")
-    metrics = _run(tmp_path / "v2", tmp_path / "run", *_files("sentiment_sample"), "--max_predict_samples",
-                   str(EVAL_SAMPLES))
+    metrics = _run(
+        tmp_path / "v2", tmp_path / "run", *_files("sentiment_sample"), "--max_predict_samples", str(EVAL_SAMPLES)
+    )
     expected = _metrics_of_predictions(tmp_path / "run" / "test_predictions.tsv", *_validation("sentiment_sample"))
     assert _reported(metrics, expected) == expected
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "deberta-lite"
-    assert sorted(path.name for path in (tmp_path / "run").iterdir() if path.is_dir()) == ["checkpoint-3",
-                                                                                          "checkpoint-6"]
+    assert sorted(path.name for path in (tmp_path / "run").iterdir() if path.is_dir()) == [
+        "checkpoint-3",
+        "checkpoint-6",
+    ]
 
     # Pickled weights only (as Microsoft's releases ship them): read with --allow_pickle alone.
     (tmp_path / "v2" / "model.safetensors").unlink()
     torch.save(v2.state_dict(), tmp_path / "v2" / "pytorch_model.bin")
     with pytest.raises(OSError, match=r"pickled weights \(pytorch_model\.bin\)"):
         _run(tmp_path / "v2", tmp_path / "refused", *_files("sentiment_sample"))
-    _run(tmp_path / "v2", tmp_path / "pickled", *_files("sentiment_sample"), "--max_predict_samples", "10",
-         "--allow_pickle")
+    _run(
+        tmp_path / "v2",
+        tmp_path / "pickled",
+        *_files("sentiment_sample"),
+        "--max_predict_samples",
+        "10",
+        "--allow_pickle",
+    )
     pickled, loaded = (json.loads((tmp_path / run / "eval_results.json").read_text()) for run in ("pickled", "run"))
     assert pickled["eval_loss"] == pytest.approx(loaded["eval_loss"], abs=1e-6)
     assert pickled["eval_accuracy"] == loaded["eval_accuracy"]
@@ -261,8 +359,9 @@ def test_debertav2_checkpoint_is_converted_on_the_fly(checkpoint, tmp_path):
 def test_command_line_overrides_the_recipe():
     recipe = json.loads((finetune_glue.RECIPES / "mnli.json").read_text())
     argv = ["--task_name", "mnli", "--output_dir", "x", "--learning_rate", "3e-5"]
-    parser = finetune_glue.HfArgumentParser((finetune_glue.ModelArguments, finetune_glue.DataArguments,
-                                             finetune_glue.TrainingArguments))
+    parser = finetune_glue.HfArgumentParser(
+        (finetune_glue.ModelArguments, finetune_glue.DataArguments, finetune_glue.TrainingArguments)
+    )
     _, data_args, training_args = parser.parse_args_into_dataclasses(finetune_glue.recipe_arguments(argv) + argv)
     assert training_args.learning_rate == 3e-5 != recipe["learning_rate"]
     assert training_args.warmup_steps == recipe["warmup_steps"] and data_args.max_seq_length == 256
@@ -283,10 +382,13 @@ def _fake_glue(task_name, load_dataset):
     AX holds every pair."""
     import datasets
 
-    table = load_dataset("csv", data_files=str(DATA / "plagiarism_pairs" / "train.tsv"),
-                                  delimiter="\t")["train"]
-    pairs = {"premise": table["sentence1"], "hypothesis": table["sentence2"],
-             "label": [label % 3 for label in table["label"]], "idx": list(range(len(table)))}
+    table = load_dataset("csv", data_files=str(DATA / "plagiarism_pairs" / "train.tsv"), delimiter="\t")["train"]
+    pairs = {
+        "premise": table["sentence1"],
+        "hypothesis": table["sentence2"],
+        "label": [label % 3 for label in table["label"]],
+        "idx": list(range(len(table))),
+    }
     unlabelled = {**pairs, "label": [-1] * len(table)}
     if task_name == "ax":
         return datasets.DatasetDict(test=datasets.Dataset.from_dict(unlabelled))
@@ -318,17 +420,34 @@ def test_mnli_reports_matched_and_mismatched_and_ax_predicts_with_it(checkpoint,
     mismatched = _predictions(tmp_path / "mnli" / "MNLI-mm.tsv")
     assert [row[0] for row in matched[1:] + mismatched[1:]] == [str(i) for i in range(45)]  # GLUE's idx
     expected = {
-        **_metrics_of_predictions(tmp_path / "mnli" / "MNLI-m.tsv", GLUE_TASKS["mnli"],
-                                  glue["validation_matched"]["label"]),
-        **_metrics_of_predictions(tmp_path / "mnli" / "MNLI-mm.tsv", GLUE_TASKS["mnli"],
-                                  glue["validation_mismatched"]["label"], prefix="eval_mismatched"),
+        **_metrics_of_predictions(
+            tmp_path / "mnli" / "MNLI-m.tsv", GLUE_TASKS["mnli"], glue["validation_matched"]["label"]
+        ),
+        **_metrics_of_predictions(
+            tmp_path / "mnli" / "MNLI-mm.tsv",
+            GLUE_TASKS["mnli"],
+            glue["validation_mismatched"]["label"],
+            prefix="eval_mismatched",
+        ),
     }
     assert set(expected) == {"eval_accuracy", "eval_mismatched_accuracy"} and _reported(metrics, expected) == expected
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "mnli")
     assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
 
-    finetune_glue.main(["--task_name", "ax", "--model_name_or_path", str(tmp_path / "mnli"), "--output_dir",
-                        str(tmp_path / "ax"), "--do_predict", "--use_cpu", "--report_to", "none"])
+    finetune_glue.main(
+        [
+            "--task_name",
+            "ax",
+            "--model_name_or_path",
+            str(tmp_path / "mnli"),
+            "--output_dir",
+            str(tmp_path / "ax"),
+            "--do_predict",
+            "--use_cpu",
+            "--report_to",
+            "none",
+        ]
+    )
     rows = _predictions(tmp_path / "ax" / "AX.tsv")
     assert rows[0] == ["index", "prediction"] and len(rows) == 1 + 76
     # The MNLI model's predictions: on the pairs MNLI's test splits held, what the MNLI run wrote.
@@ -337,6 +456,17 @@ def test_mnli_reports_matched_and_mismatched_and_ax_predicts_with_it(checkpoint,
 
 def test_do_train_without_training_data_is_a_clear_error(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="--do_train needs training data"):
-        finetune_glue.main(["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path), "--do_train",
-                            "--validation_file", str(DATA / "sentiment_sample" / "validation.tsv"), "--use_cpu",
-                            "--report_to", "none"])
+        finetune_glue.main(
+            [
+                "--model_name_or_path",
+                str(checkpoint),
+                "--output_dir",
+                str(tmp_path),
+                "--do_train",
+                "--validation_file",
+                str(DATA / "sentiment_sample" / "validation.tsv"),
+                "--use_cpu",
+                "--report_to",
+                "none",
+            ]
+        )

@@ -109,13 +109,21 @@ LOAD = """
 def test_push_then_load_with_plain_transformers(hub, tokenizer_dir, tmp_path):
     state, url = hub
     (tmp_path / "push").mkdir()
-    pushed = run_python(PUSH, hub_env(url, tmp_path / "home"), tmp_path / "push", ROOT, tokenizer_dir,
-                        tmp_path / "push")
+    pushed = run_python(
+        PUSH, hub_env(url, tmp_path / "home"), tmp_path / "push", ROOT, tokenizer_dir, tmp_path / "push"
+    )
     assert pushed.returncode == 0, pushed.stderr[-4000:]
 
     files = state.files("user/clf")
-    for name in ("model.safetensors", "config.json", "configuration_deberta_lite.py", "modeling_deberta_lite.py",
-                 "tokenizer.json", "tokenizer_config.json", "README.md"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "configuration_deberta_lite.py",
+        "modeling_deberta_lite.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    ):
         assert name in files, name
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
     assert json.loads(files["config.json"])["auto_map"] == AUTO_MAP
@@ -133,8 +141,9 @@ def test_push_then_load_with_plain_transformers(hub, tokenizer_dir, tmp_path):
     assert "## Training hyperparameters" in trainer_card and "learning_rate" in trainer_card
 
     (tmp_path / "load").mkdir()
-    loaded = run_python(LOAD, hub_env(url, tmp_path / "fresh_home"), tmp_path / "load", tmp_path / "push",
-                        without_deberta_lite=True)
+    loaded = run_python(
+        LOAD, hub_env(url, tmp_path / "fresh_home"), tmp_path / "load", tmp_path / "push", without_deberta_lite=True
+    )
     assert loaded.returncode == 0, loaded.stderr[-4000:]
     assert "loaded" in loaded.stdout
 
@@ -146,9 +155,21 @@ def test_missing_token_is_reported_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     output_dir = tmp_path / "run"
     with pytest.raises(deberta_lite.hub.HubPushError, match="needs a Hugging Face token"):
-        load_script("finetune_glue").main([
-            "--output_dir", str(output_dir), "--do_train", "--push_to_hub", "--hub_model_id", "user/x",
-            "--train_file", str(DATA / "sentiment_sample" / "train.tsv"), "--use_cpu", "--report_to", "none"])
+        load_script("finetune_glue").main(
+            [
+                "--output_dir",
+                str(output_dir),
+                "--do_train",
+                "--push_to_hub",
+                "--hub_model_id",
+                "user/x",
+                "--train_file",
+                str(DATA / "sentiment_sample" / "train.tsv"),
+                "--use_cpu",
+                "--report_to",
+                "none",
+            ]
+        )
     assert not output_dir.exists()  # nothing started
     DebertaLiteForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "checkpoint")
     with pytest.raises(SystemExit, match="needs a Hugging Face token"):
@@ -172,7 +193,9 @@ def test_failed_push_keeps_the_checkpoint_and_says_how_to_retry(failure, hub, tm
         result = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "push_to_hub.py"), str(checkpoint), "user/failing"],
             env=hub_env(url if failure == "server error" else _closed_port_url(), tmp_path / "home"),
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:
         state.fail_commits = False
@@ -191,19 +214,49 @@ def test_training_run_whose_push_fails_keeps_the_trained_model(hub, tokenizer_di
     state, url = hub
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     DebertaLiteForMaskedLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=128)).save_pretrained(
-        tmp_path / "mlm")
+        tmp_path / "mlm"
+    )
     tokenizer.save_pretrained(tmp_path / "mlm")
     data = DATA / "sentiment_sample"
     output_dir = tmp_path / "run"
     state.fail_commits = True  # the repository can be created; every commit answers 500
     try:
         result = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "finetune_glue.py"), "--model_name_or_path", str(tmp_path / "mlm"),
-             "--output_dir", str(output_dir), "--use_cpu", "--report_to", "none", "--do_train", "--max_steps", "2",
-             "--save_steps", "1", "--eval_steps", "1", "--train_file", str(data / "train.tsv"), "--validation_file",
-             str(data / "validation.tsv"), "--max_train_samples", "16", "--max_eval_samples", "16", "--push_to_hub",
-             "--hub_model_id", "user/failing-run", "--disable_tqdm", "true"],
-            env=hub_env(url, tmp_path / "home"), capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "finetune_glue.py"),
+                "--model_name_or_path",
+                str(tmp_path / "mlm"),
+                "--output_dir",
+                str(output_dir),
+                "--use_cpu",
+                "--report_to",
+                "none",
+                "--do_train",
+                "--max_steps",
+                "2",
+                "--save_steps",
+                "1",
+                "--eval_steps",
+                "1",
+                "--train_file",
+                str(data / "train.tsv"),
+                "--validation_file",
+                str(data / "validation.tsv"),
+                "--max_train_samples",
+                "16",
+                "--max_eval_samples",
+                "16",
+                "--push_to_hub",
+                "--hub_model_id",
+                "user/failing-run",
+                "--disable_tqdm",
+                "true",
+            ],
+            env=hub_env(url, tmp_path / "home"),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     finally:
         state.fail_commits = False

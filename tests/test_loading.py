@@ -99,9 +99,13 @@ def test_every_class_loads_the_matching_debertav2_checkpoint(lite_class, v2_clas
 
 # legacy=False leaves out embed_proj: transformers' head of that name projects to hidden_size, not embedding_size, so
 # DebertaV2 itself cannot run it (a shape error in its forward).
-@pytest.mark.parametrize("case, legacy", [
-    *[(case, False) for case in sorted(CASES) if case != "embed_proj"], *[(case, True) for case in sorted(CASES)],
-])
+@pytest.mark.parametrize(
+    "case, legacy",
+    [
+        *[(case, False) for case in sorted(CASES) if case != "embed_proj"],
+        *[(case, True) for case in sorted(CASES)],
+    ],
+)
 def test_masked_lm_loads_either_debertav2_head(case, legacy, tmp_path):
     # legacy=False: the original DeBERTa names (lm_predictions.lm_head.*); legacy=True, transformers' default:
     # BERT-style names (cls.predictions.*).
@@ -166,13 +170,16 @@ def _load_from_hub(url, tmp_path, repo_id, reference, **kwargs):
     inputs = _inputs_for(reference)
     with torch.no_grad():
         torch.save({"inputs": inputs, "logits": reference(**inputs).logits}, tmp_path / "expected.pt")
-    return run_python(LOAD_FROM_HUB, hub_env(url, tmp_path / "home"), tmp_path, repo_id, tmp_path / "expected.pt",
-                      json.dumps(kwargs))
+    return run_python(
+        LOAD_FROM_HUB, hub_env(url, tmp_path / "home"), tmp_path, repo_id, tmp_path / "expected.pt", json.dumps(kwargs)
+    )
 
 
 def _downloaded(state, repo_id, name) -> bool:
-    return any(method == "GET" and path.startswith(f"/{repo_id}/resolve/") and path.endswith(f"/{name}")
-               for method, path in state.requests)
+    return any(
+        method == "GET" and path.startswith(f"/{repo_id}/resolve/") and path.endswith(f"/{name}")
+        for method, path in state.requests
+    )
 
 
 @pytest.mark.slow
@@ -264,10 +271,19 @@ def test_debertav2_without_relative_attention_is_refused(lite_class, tmp_path):
         lite_class.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("lite_class, v2_class, auto_class, load_kwargs", [
-    (DebertaLiteForSequenceClassification, DebertaV2ForSequenceClassification, AutoModelForSequenceClassification, {}),
-    (DebertaLiteForMaskedLM, DebertaV2ForMaskedLM, AutoModelForMaskedLM, {"emd_num_layers": 0}),
-], ids=["classifier", "masked_lm"])
+@pytest.mark.parametrize(
+    "lite_class, v2_class, auto_class, load_kwargs",
+    [
+        (
+            DebertaLiteForSequenceClassification,
+            DebertaV2ForSequenceClassification,
+            AutoModelForSequenceClassification,
+            {},
+        ),
+        (DebertaLiteForMaskedLM, DebertaV2ForMaskedLM, AutoModelForMaskedLM, {"emd_num_layers": 0}),
+    ],
+    ids=["classifier", "masked_lm"],
+)
 def test_a_loaded_debertav2_checkpoint_saves_as_deberta_lite(lite_class, v2_class, auto_class, load_kwargs, tmp_path):
     reference = _reference(v2_class, "v2_xlarge")  # the convolution too; legacy MLM head names
     reference.save_pretrained(tmp_path / "v2")
