@@ -37,7 +37,10 @@ quickstart: install
 	$(PY) scripts/classify.py $(QUICKSTART_DIR)/sentiment "A moving, beautifully acted and often funny film." \
 		"A dull, lifeless mess that goes nowhere."
 
+# Lint and format checks first (ruff, configured in pyproject.toml), then the whole suite.
 test: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # Speed and memory against transformers' DebertaV2 and BertModel (base size: hours on 2 CPU cores). Pass
