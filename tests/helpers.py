@@ -19,6 +19,7 @@ from transformers import (
     DebertaV2ForMaskedLM,
 )
 
+import deberta_lite
 from deberta_lite import (
     DebertaLiteConfig,
     DebertaLiteForMaskedLM,
@@ -32,6 +33,9 @@ from deberta_lite import (
 ROOT = Path(__file__).resolve().parents[1]
 # Small slices of real data sets, bundled with their source and license (data/*/README.md).
 DATA = ROOT / "data"
+
+# Every model class of the package, from its one table of heads (deberta_lite.HEADS).
+HEAD_CLASSES = list(deberta_lite.AUTO_CLASSES.values())
 
 TINY = dict(
     vocab_size=100,

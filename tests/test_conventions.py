@@ -13,14 +13,11 @@ from transformers import Trainer, TrainingArguments
 
 from deberta_lite import (
     DebertaLiteForMaskedLM,
-    DebertaLiteForMultipleChoice,
-    DebertaLiteForQuestionAnswering,
     DebertaLiteForSequenceClassification,
-    DebertaLiteForTokenClassification,
     DebertaLiteModel,
 )
 
-from helpers import head_config, head_inputs, loss_and_gradients, mlm_labels, padded_batch, tiny_config
+from helpers import HEAD_CLASSES, head_config, head_inputs, loss_and_gradients, mlm_labels, padded_batch, tiny_config
 
 
 TIED_DECODER = "lm_head.decoder.weight"
@@ -134,14 +131,7 @@ def test_trainer_resume_warns_about_no_missing_key(resumed_run):
 # ---------------------------------------------------------------- every parameter trains
 
 
-HEADS = [
-    DebertaLiteModel,
-    DebertaLiteForMaskedLM,
-    DebertaLiteForSequenceClassification,
-    DebertaLiteForTokenClassification,
-    DebertaLiteForQuestionAnswering,
-    DebertaLiteForMultipleChoice,
-]
+HEADS = HEAD_CLASSES
 # The v3 layout (no absolute input positions), plain and with the convolution, embed_proj and token types.
 V3_LAYOUTS = {"v3": {}, "v3_conv_embed_proj": dict(conv_kernel_size=3, embedding_size=16, type_vocab_size=2)}
 
@@ -222,7 +212,9 @@ def test_masked_lm_returns_the_hidden_states_the_encoder_returns(selection, emd_
 # ---------------------------------------------------------------- attentions and hidden states of every head
 
 
-@pytest.mark.parametrize("model_class", HEADS[1:], ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize(
+    "model_class", [cls for cls in HEADS if cls is not DebertaLiteModel], ids=lambda cls: cls.__name__
+)
 def test_every_head_returns_per_layer_attentions_and_hidden_states(model_class):
     """One (B, heads, N, N) attention map per layer and num_layers + 1 hidden states, the EMD's extra passes over the
     last layer included in neither (multiple choice: B x choices sequences)."""
