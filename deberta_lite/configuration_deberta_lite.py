@@ -34,7 +34,9 @@ from transformers.activations import ACT2FN  # noqa: E402
 
 class Head(NamedTuple):
     auto_class: str  # the transformers Auto class that loads it
-    task: str  # its task: a transformers pipeline task, or optimum's name where transformers has no pipeline
+    # Its task, for pipelines, model cards and ONNX export: a transformers pipeline task, optimum's name where
+    # transformers has no pipeline, or None for a pretraining head that neither has.
+    task: str | None
 
 
 # Every model class of the package, once. The Auto registration, `auto_map`, model cards, ONNX export, conversion
@@ -47,6 +49,7 @@ HEADS = {
     "DebertaLiteForTokenClassification": Head("AutoModelForTokenClassification", "token-classification"),
     "DebertaLiteForQuestionAnswering": Head("AutoModelForQuestionAnswering", "question-answering"),
     "DebertaLiteForMultipleChoice": Head("AutoModelForMultipleChoice", "multiple-choice"),
+    "DebertaLiteForReplacedTokenDetection": Head("AutoModelForPreTraining", None),
 }
 
 # Written into every saved config so `AutoXxx.from_pretrained(dir, trust_remote_code=True)` finds each class in the

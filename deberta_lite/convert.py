@@ -34,6 +34,7 @@ LITE_TO_V2 = "deberta-lite->deberta-v2"
 V2_TO_LITE = "deberta-v2->deberta-lite"
 
 POSITION_TABLE = "embeddings.position_embeddings.weight"
+RTD_HEAD = "mask_predictions."
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -62,7 +63,13 @@ def deberta_v2_config_to_lite(v2_config: dict) -> DebertaLiteConfig:
 
 def lite_config_to_deberta_v2(config: DebertaLiteConfig) -> DebertaV2Config:
     """Map a DebertaLiteConfig to a DebertaV2Config; lite-only fields ride along as extras DebertaV2 ignores."""
-    architectures = [name.replace("DebertaLite", "DebertaV2", 1) for name in config.architectures or []]
+    # A head transformers has no DebertaV2 class for (replaced token detection) is written as Microsoft writes it:
+    # no architectures, the head's weights beside the encoder's.
+    architectures = [
+        v2_name
+        for name in config.architectures or []
+        if hasattr(modeling_deberta_v2, v2_name := name.replace("DebertaLite", "DebertaV2", 1))
+    ]
     values = {key: value for key, value in config.to_dict().items() if key not in NOT_CARRIED}
     # legacy=False: DebertaV2's MLM head with the original DeBERTa weight names and tied output embeddings.
     return DebertaV2Config(**values, architectures=architectures or None, legacy=False)
@@ -103,8 +110,11 @@ def convert_deberta_v2_to_lite(input_dir, output_dir, allow_pickle: bool = False
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     config = deberta_v2_config_to_lite(json.loads((input_dir / "config.json").read_text()))
     source_keys = load_state_dict(input_dir, allow_pickle).keys()  # refuses a pickle without the opt-in
-    if not config.architectures and any(key.startswith(("lm_predictions.", "cls.predictions.")) for key in source_keys):
-        config.architectures = ["DebertaLiteForMaskedLM"]  # original checkpoints name no architecture
+    if not config.architectures:  # original checkpoints name no architecture: their head tells
+        if any(key.startswith(("lm_predictions.", "cls.predictions.")) for key in source_keys):
+            config.architectures = ["DebertaLiteForMaskedLM"]
+        elif any(key.startswith(RTD_HEAD) for key in source_keys):
+            config.architectures = ["DebertaLiteForReplacedTokenDetection"]
     model_class = _architecture_class(config, modeling_deberta_lite, "DebertaLiteModel")
     pickle_only = not any(input_dir.glob("*.safetensors"))
     model, info = model_class.from_pretrained(
@@ -130,18 +140,27 @@ def convert_lite_to_deberta_v2(input_dir, output_dir, allow_pickle: bool = False
     with torch.device("meta"):
         reference = _architecture_class(config, modeling_deberta_v2, "DebertaV2Model")(config)
     renames = [WeightRenaming(source, target) for source, target in DEBERTA_V2_KEY_RENAMES]
+    # A head with no DebertaV2 class is written on the bare encoder, which keeps its `deberta.` prefix (as in
+    # Microsoft's checkpoints, where the prefix sits beside the head's weights).
+    keys = list(reference.state_dict())
+    prefix = (
+        "deberta." if any(key.startswith("deberta.") for key in lite) and not keys[0].startswith("deberta.") else ""
+    )
     state_dict, missing = {}, []
-    for key in reference.state_dict():
-        lite_key = key
+    for key in keys:
+        lite_key = prefix + key
         for rename in renames:
             lite_key, _ = rename.rename_source_key(lite_key)
         if lite_key in lite:
-            state_dict[key] = lite.pop(lite_key)
+            state_dict[prefix + key] = lite.pop(lite_key)
         else:
             missing.append(lite_key)
     # DebertaV2 builds no absolute table when position_biased_input=False; it is kept for the way back.
     position_table = [key for key in lite if key.endswith(POSITION_TABLE)]
     state_dict.update((key, lite.pop(key)) for key in position_table)
+    # The replaced-token-detection head under its original names (DebertaV2 skips them on load).
+    rtd_head = [key for key in lite if key.startswith(RTD_HEAD)]
+    state_dict.update((key.replace(".norm.", ".LayerNorm."), lite.pop(key)) for key in rtd_head)
     lite.pop("lm_head.decoder.weight", None)  # the tied output embedding, when it was stored
     if missing or lite:
         raise ConversionError(

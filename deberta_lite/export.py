@@ -22,9 +22,9 @@ from .configuration_deberta_lite import HEADS, DebertaLiteConfig
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
 
 
-# Every head exports, under its task name, loaded through its Auto class (both from the table of heads).
-TASK_OF_ARCHITECTURE = {name: head.task for name, head in HEADS.items()}
-TASKS = {head.task: getattr(transformers, head.auto_class) for head in HEADS.values()}
+# Every head with a task exports, under its task name, loaded through its Auto class (both from the table of heads).
+TASK_OF_ARCHITECTURE = {name: head.task for name, head in HEADS.items() if head.task}
+TASKS = {head.task: getattr(transformers, head.auto_class) for head in HEADS.values() if head.task}
 # Input shapes: (batch, sequence), or (batch, choices, sequence) for multiple choice. The traced sizes differ from
 # each other so that the exporter cannot take two axes for one; the checks include a length longer than the traced.
 TRACE_SHAPES = {"multiple-choice": (2, 3, 16)}

@@ -396,8 +396,8 @@ class DebertaLitePreTrainedModel(PreTrainedModel):
     # seeing **kwargs in forward, if this were True.) The MLM head overrides it and honours num_items_in_batch.
     accepts_loss_kwargs = False
     _can_record_outputs = {"hidden_states": DebertaLiteLayer, "attentions": DebertaLiteAttention}
-    # Only the masked LM's enhanced mask decoder reads the absolute position table of a v2/v3 checkpoint (and the
-    # replaced-token-detection head of DeBERTa-v3 checkpoints has no class here): other heads skip them quietly.
+    # Only the masked LM's enhanced mask decoder reads the absolute position table of a v2/v3 checkpoint, and only
+    # the replaced-token-detection class reads the discriminator head of a v3 one: other heads skip them quietly.
     _keys_to_ignore_on_load_unexpected = [r"embeddings\.position_embeddings\.weight", r"^mask_predictions\."]
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
@@ -800,6 +800,71 @@ class DebertaLiteForTokenClassification(DebertaLitePreTrainedModel):
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class DebertaLiteMaskPredictionHead(nn.Module):
+    """DeBERTa-v3's replaced-token-detection head: LayerNorm(h_i + h_[CLS]) -> dense -> activation -> one logit.
+
+    Adding the first token's state to every token before the norm is what the released v3 discriminators were
+    trained with; the weight names (`mask_predictions.dense`, `.classifier`, the norm) are theirs, so their heads load.
+    """
+
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        states = self.norm(hidden_states + hidden_states[:, :1])  # (B, N, H)
+        return self.classifier(self.act(self.dense(states))).squeeze(-1)  # (B, N)
+
+
+class DebertaLiteForReplacedTokenDetection(DebertaLitePreTrainedModel):
+    """The DeBERTa-v3 discriminator: for every token, the logit that it was replaced (ELECTRA's pretraining head).
+
+    `labels` (B, N): 1 replaced, 0 original, -100 ignored (padding, special tokens); the loss is the mean binary
+    cross-entropy over the tokens not ignored. Loads with `AutoModelForPreTraining`; the encoder it trains loads with
+    every other head.
+    """
+
+    def __init__(self, config: DebertaLiteConfig):
+        super().__init__(config)
+        self.deberta = DebertaLiteModel(config)
+        self.mask_predictions = DebertaLiteMaskPredictionHead(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TokenClassifierOutput:
+        outputs = self.deberta(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        logits = self.mask_predictions(outputs.last_hidden_state)  # (B, N)
+        loss = None
+        if labels is not None:
+            # A mean over the scored tokens as a sum over a count, without indexing by the mask: no data-dependent
+            # shape, so torch.compile keeps one graph.
+            scored = labels != -100
+            per_token = BCEWithLogitsLoss(reduction="none")(logits.float(), labels.clamp(min=0).float())
+            loss = (per_token * scored).sum() / scored.sum().clamp(min=1)
         return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

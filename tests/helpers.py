@@ -25,6 +25,7 @@ from deberta_lite import (
     DebertaLiteForMaskedLM,
     DebertaLiteForMultipleChoice,
     DebertaLiteForQuestionAnswering,
+    DebertaLiteForReplacedTokenDetection,
     DebertaLiteForSequenceClassification,
     DebertaLiteForTokenClassification,
 )
@@ -314,4 +315,6 @@ def head_inputs(model_class, config, labels: bool = True) -> dict:
         input_ids, attention_mask = padded_batch(batch=6)
         inputs = dict(input_ids=input_ids.view(2, 3, -1), attention_mask=attention_mask.view(2, 3, -1))
         targets["labels"] = torch.tensor([2, 0])
+    elif model_class is DebertaLiteForReplacedTokenDetection:  # 1 replaced, 0 original, padding ignored
+        targets["labels"] = (input_ids % 3 == 0).long().masked_fill(attention_mask == 0, -100)
     return {**inputs, **targets} if labels else inputs
