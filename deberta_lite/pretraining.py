@@ -7,23 +7,152 @@ tests call them directly.
 import json
 import logging
 import math
+import sys
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
+import transformers
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+    set_seed,
+)
 
 from .configuration_deberta_lite import DebertaLiteConfig
 from .data import read_table
-from .masking import DataCollatorForDebertaMLM
+from .hub import check_push_ready
+from .masking import MASKING_STRATEGIES, DataCollatorForDebertaMLM
 from .modeling_deberta_lite import DebertaLiteForMaskedLM
 from .tokenization import fit_tokenizer_to_model
 from .trainer import DebertaLiteTrainer
 
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """The pretraining scripts' model and tokenizer options (HfArgumentParser)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "A checkpoint to continue pretraining."})
+    config_name: str | None = field(
+        default=None, metadata={"help": "Model config JSON for a new model (default: configs/tiny.json)."}
+    )
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Override config fields of a new model: 'hidden_size=128,num_hidden_layers=4'."}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer directory (scripts/train_tokenizer.py); default: the checkpoint's."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """The pretraining scripts' data, masking and evaluation options (HfArgumentParser)."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A datasets name (the Hub, when online)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration."})
+    train_file: str | None = field(default=None, metadata={"help": "txt, json, jsonl, csv or parquet."})
+    validation_file: str | None = field(default=None, metadata={"help": "Same type as train_file."})
+    text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "Share of train held out for validation when there is no validation split."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Tokens per block, [CLS] and [SEP] included."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the cached tokenised datasets."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens to predict."})
+    masking: str = field(
+        default="token", metadata={"help": "token, whole_word or ngram.", "choices": list(MASKING_STRATEGIES)}
+    )
+    max_ngram: int = field(default=3, metadata={"help": "Longest n-gram (in words) for --masking ngram."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training blocks."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation blocks."})
+    eval_mask_seed: int = field(default=1234, metadata={"help": "Seed of the fixed evaluation masks."})
+    eval_before_training: bool = field(default=False, metadata={"help": "Also evaluate the model before training."})
+
+
+def parse_arguments(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+    """The scripts' options into `dataclass_types` (HfArgumentParser): from `argv`, or from one JSON file of them."""
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def start_run(training_args: TrainingArguments) -> None:
+    """What every pretraining run does first: logging, the push check (before any work that could be lost), seed."""
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    check_push_ready(training_args.push_to_hub, training_args.hub_token)
+    set_seed(training_args.seed)
+
+
+def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
+    """`--tokenizer_name`, else the tokenizer saved with `--model_name_or_path`."""
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    if not source:
+        raise ValueError("give --tokenizer_name (a directory from scripts/train_tokenizer.py) or --model_name_or_path")
+    return AutoTokenizer.from_pretrained(source)
+
+
+def check_max_seq_length(masked_lm: DebertaLiteForMaskedLM, max_seq_length: int) -> None:
+    """Refuse, before any work, blocks longer than the enhanced mask decoder's absolute positions reach."""
+    if masked_lm.uses_emd and max_seq_length > masked_lm.config.max_position_embeddings:
+        raise ValueError(
+            f"--max_seq_length {max_seq_length} exceeds max_position_embeddings="
+            f"{masked_lm.config.max_position_embeddings}, which caps masked LM with the enhanced mask decoder"
+        )
+
+
+def pretraining_data(
+    data_args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    training_args: TrainingArguments,
+    default_corpus: str | Path,
+) -> tuple[datasets.Dataset, datasets.Dataset, DataCollatorForDebertaMLM]:
+    """The training blocks, the validation blocks masked once (`mask_once`), and the masker for training batches.
+
+    With neither `dataset_name` nor `train_file`, the text is `default_corpus`/train.txt and validation.txt.
+    """
+    if not (data_args.dataset_name or data_args.train_file):
+        logger.info("No data given: using the bundled sample %s", default_corpus)
+        data_args.train_file = str(Path(default_corpus, "train.txt"))
+        data_args.validation_file = str(Path(default_corpus, "validation.txt"))
+    with training_args.main_process_first(desc="loading and tokenising the data"):
+        raw = load_raw_datasets(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            data_args.train_file,
+            data_args.validation_file,
+            data_args.validation_split_percentage,
+            data_args.text_column_name,
+        )
+        blocks = tokenize_and_group(
+            raw,
+            tokenizer,
+            data_args.max_seq_length,
+            data_args.text_column_name,
+            data_args.preprocessing_num_workers,
+            not data_args.overwrite_cache,
+        )
+    masker = DataCollatorForDebertaMLM(
+        tokenizer, mlm_probability=data_args.mlm_probability, masking=data_args.masking, max_ngram=data_args.max_ngram
+    )
+    train_dataset, eval_dataset = blocks["train"], blocks["validation"]
+    if data_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+    if data_args.max_eval_samples is not None:
+        eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
+    return train_dataset, mask_once(eval_dataset, masker, data_args.eval_mask_seed), masker
 
 
 def load_raw_datasets(
