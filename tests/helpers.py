@@ -318,3 +318,30 @@ def head_inputs(model_class, config, labels: bool = True) -> dict:
     elif model_class is DebertaLiteForReplacedTokenDetection:  # 1 replaced, 0 original, padding ignored
         targets["labels"] = (input_ids % 3 == 0).long().masked_fill(attention_mask == 0, -100)
     return {**inputs, **targets} if labels else inputs
+
+
+# ---------------------------------------------------------------- replaced token detection (deberta_lite.rtd)
+
+
+# [PAD] is 0 (padded_batch's padding); padded_batch draws tokens from 3 up, so [CLS] and [SEP] stand only where
+# rtd_batch puts them.
+CLS_ID, SEP_ID, MASK_ID = 1, 2, 3
+RTD_SPECIAL_IDS = (0, CLS_ID, SEP_ID)
+
+
+def rtd_batch(vocab_size: int = 100, seed: int = 0) -> dict:
+    """padded_batch() as the MLM collator leaves it: [CLS] first and [SEP] last in every row, about a third of the
+    other real tokens masked ([MASK] in input_ids, the original id in labels, -100 elsewhere), and the
+    special_tokens_mask of [CLS], [SEP] and padding."""
+    input_ids, attention_mask = padded_batch(vocab_size=vocab_size, seed=seed)
+    rows = torch.arange(len(input_ids))
+    input_ids[:, 0] = CLS_ID
+    input_ids[rows, attention_mask.sum(-1) - 1] = SEP_ID
+    special = torch.isin(input_ids, torch.tensor(RTD_SPECIAL_IDS))
+    labels = mlm_labels(input_ids, attention_mask, seed=seed + 1).masked_fill(special, -100)
+    return dict(
+        input_ids=input_ids.masked_fill(labels != -100, MASK_ID),
+        attention_mask=attention_mask,
+        labels=labels,
+        special_tokens_mask=special.long(),
+    )
