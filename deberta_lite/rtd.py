@@ -146,6 +146,8 @@ class ReplacedTokenDetectionModel(nn.Module):
     A plain `nn.Module`: Trainer saves its checkpoints as the state_dict, where a table that the two models (or the
     generator's tied decoder) share is stored once and restored on load. The losses are means per batch, so Trainer
     scales them for gradient accumulation itself (`accepts_loss_kwargs = False`).
+
+    Resize the vocabularies (`resize_token_embeddings`) before building it: the sharing binds the tables it finds.
     """
 
     accepts_loss_kwargs = False

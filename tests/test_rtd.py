@@ -195,6 +195,18 @@ def test_a_few_steps_lower_the_loss():
     assert losses[-1] < 0.95 * losses[0], losses
 
 
+def test_activation_checkpointing_reaches_both_models():
+    model, reference = rtd_model("gdes"), rtd_model("gdes")
+    model.activation_checkpointing_enable()
+    assert model.generator.is_activation_checkpointing and model.discriminator.is_activation_checkpointing
+    for each in (model, reference):
+        torch.manual_seed(0)
+        each(**rtd_batch()).loss.backward()
+    expected = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        assert_close(param.grad, expected[name].grad, msg=lambda message, name=name: f"{name}: {message}")
+
+
 @pytest.mark.parametrize("embedding_sharing", EMBEDDING_SHARING)
 def test_saved_checkpoints_are_the_trained_models(embedding_sharing, tmp_path, tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
