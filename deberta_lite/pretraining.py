@@ -1,7 +1,8 @@
-"""The library side of MLM pretraining: data, blocks, the model, evaluation masks and metrics.
+"""The library side of pretraining: the scripts' options, data, blocks, the models, evaluation masks, metrics and
+the Trainers, for masked LM (`run_pretraining`) and DeBERTa-v3's replaced token detection (`run_rtd_pretraining`).
 
-`scripts/pretrain_mlm.py` is a thin Trainer script over these functions; `scripts/compare_pretraining.py` and the
-tests call them directly.
+`scripts/pretrain_mlm.py` and `scripts/pretrain_rtd.py` are thin Trainer scripts over these functions;
+`scripts/compare_pretraining.py` and the tests call them directly.
 """
 
 import json
@@ -15,9 +16,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+import torch.nn.functional as F
 import transformers
+from torch.nn.utils import parametrize
 from transformers import (
     AutoModelForMaskedLM,
+    AutoModelForPreTraining,
     AutoTokenizer,
     HfArgumentParser,
     PreTrainedTokenizerBase,
@@ -27,9 +31,10 @@ from transformers import (
 
 from .configuration_deberta_lite import DebertaLiteConfig
 from .data import read_table
-from .hub import check_push_ready
+from .hub import check_push_ready, hyperparameters_of, write_model_card
 from .masking import MASKING_STRATEGIES, DataCollatorForDebertaMLM
-from .modeling_deberta_lite import DebertaLiteForMaskedLM
+from .modeling_deberta_lite import DebertaLiteForMaskedLM, DebertaLiteForReplacedTokenDetection
+from .rtd import DISCRIMINATOR_DIR, GENERATOR_DIR, SHARED_TABLES, ReplacedTokenDetectionModel, generator_config
 from .tokenization import fit_tokenizer_to_model
 from .trainer import DebertaLiteTrainer
 
@@ -311,9 +316,27 @@ def run_pretraining(
         compute_metrics=masked_accuracy,
         preprocess_logits_for_metrics=predictions_from_logits,
     )
+    metrics = train_and_evaluate(trainer, train_dataset, eval_before_training, add_perplexity)
+    if "before_loss" in metrics and "eval_loss" in metrics and trainer.is_world_process_zero():
+        print(
+            f"validation perplexity {metrics['before_perplexity']:.1f} -> {metrics['eval_perplexity']:.1f}, "
+            f"masked-token accuracy {metrics['before_accuracy']:.3f} -> {metrics['eval_accuracy']:.3f}"
+        )
+    return metrics
+
+
+def train_and_evaluate(
+    trainer: DebertaLiteTrainer,
+    train_dataset: datasets.Dataset | None,
+    eval_before_training: bool = False,
+    add_derived_metrics=lambda metrics, prefix: metrics,
+) -> dict:
+    """The pretraining runs' course: evaluate before (if asked), train and save, evaluate, then the model card (or the
+    push, which writes it). `add_derived_metrics(metrics, prefix)` adds what follows from an evaluation's metrics."""
+    training_args = trainer.args
     metrics = {}
     if eval_before_training:
-        before = add_perplexity(trainer.evaluate(metric_key_prefix="before"), prefix="before")
+        before = add_derived_metrics(trainer.evaluate(metric_key_prefix="before"), "before")
         trainer.log_metrics("before", before)
         metrics.update(before)
     if train_dataset is not None:
@@ -324,7 +347,7 @@ def run_pretraining(
         trainer.save_state()
         metrics.update(result.metrics)
     if training_args.do_eval:
-        evaluation = add_perplexity(trainer.evaluate())
+        evaluation = add_derived_metrics(trainer.evaluate(), "eval")
         trainer.log_metrics("eval", evaluation)
         trainer.save_metrics("eval", evaluation)
         metrics.update(evaluation)
@@ -332,11 +355,6 @@ def run_pretraining(
         trainer.push_to_hub()
     elif trainer.is_world_process_zero() and train_dataset is not None:
         trainer.create_model_card()
-    if "before_loss" in metrics and "eval_loss" in metrics and trainer.is_world_process_zero():
-        print(
-            f"validation perplexity {metrics['before_perplexity']:.1f} -> {metrics['eval_perplexity']:.1f}, "
-            f"masked-token accuracy {metrics['before_accuracy']:.3f} -> {metrics['eval_accuracy']:.3f}"
-        )
     return metrics
 
 
@@ -352,6 +370,13 @@ def build_masked_lm(
         if len(tokenizer) > model.config.vocab_size:
             model.resize_token_embeddings(len(tokenizer))
         return model
+    return DebertaLiteForMaskedLM(new_model_config(tokenizer, config_name, config_overrides))
+
+
+def new_model_config(
+    tokenizer: PreTrainedTokenizerBase, config_name: str | None, config_overrides: str | None = None
+) -> DebertaLiteConfig:
+    """A config JSON with `config_overrides` applied, its vocabulary and special token ids the tokenizer's."""
     if not config_name:
         raise ValueError("give --model_name_or_path (a checkpoint) or --config_name (a model config JSON)")
     values = json.loads(Path(config_name).read_text())
@@ -363,7 +388,7 @@ def build_masked_lm(
         eos_token_id=tokenizer.eos_token_id,
     )
     values.pop("model_type", None)
-    return DebertaLiteForMaskedLM(DebertaLiteConfig(**values))
+    return DebertaLiteConfig(**values)
 
 
 def parse_overrides(overrides: str | None) -> dict:
@@ -405,4 +430,255 @@ def add_perplexity(metrics: dict, prefix: str = "eval") -> dict:
     """exp(loss) next to the loss; inf when the loss is too large to exponentiate."""
     loss = metrics[f"{prefix}_loss"]
     metrics[f"{prefix}_perplexity"] = math.exp(loss) if loss < 700 else float("inf")
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Replaced token detection (DeBERTa-v3): a generator and a discriminator trained together
+# ----------------------------------------------------------------------------------------------------------------
+
+# Each checkpoint's model card reports the evaluation metrics of its own model.
+CHECKPOINT_METRICS = {
+    DISCRIMINATOR_DIR: ("rtd_loss", "rtd_accuracy", "rtd_f1", "replaced_fraction"),
+    GENERATOR_DIR: ("mlm_loss", "mlm_accuracy", "mlm_perplexity"),
+}
+
+
+def build_rtd_model(
+    tokenizer: PreTrainedTokenizerBase,
+    model_name_or_path: str | None = None,
+    config_name: str | None = None,
+    config_overrides: str | None = None,
+    generator_depth: float = 0.5,
+    generator_width: float = 1.0,
+    embedding_sharing: str = "gdes",
+    rtd_lambda: float = 50.0,
+) -> ReplacedTokenDetectionModel:
+    """A generator and a discriminator: new ones, the discriminator from a config JSON sized to the tokenizer and the
+    generator `generator_config(discriminator, generator_depth, generator_width)`; or the two checkpoints of an
+    earlier run (`model_name_or_path`/discriminator and /generator), to continue pretraining.
+
+    The tokenizer's special tokens are never scored by the discriminator.
+    """
+    if model_name_or_path:
+        generator = AutoModelForMaskedLM.from_pretrained(model_name_or_path, subfolder=GENERATOR_DIR)
+        discriminator = AutoModelForPreTraining.from_pretrained(model_name_or_path, subfolder=DISCRIMINATOR_DIR)
+        if len(tokenizer) > discriminator.config.vocab_size:  # before the sharing binds the tables
+            generator.resize_token_embeddings(len(tokenizer))
+            discriminator.resize_token_embeddings(len(tokenizer))
+    else:
+        config = new_model_config(tokenizer, config_name, config_overrides)
+        discriminator = DebertaLiteForReplacedTokenDetection(config)
+        generator = DebertaLiteForMaskedLM(generator_config(config, generator_depth, generator_width))
+    # A saved discriminator holds its shared tables folded (E_G + E_delta), and GDES restarts them at the generator's
+    # (E_delta = 0): assigned back to the parametrized tables, they unfold into E_delta again.
+    embeddings = discriminator.deberta.embeddings
+    folded = {
+        name: getattr(embeddings, name).weight.detach().clone()
+        for name in SHARED_TABLES
+        if model_name_or_path and getattr(embeddings, name) is not None
+    }
+    model = ReplacedTokenDetectionModel(
+        generator, discriminator, embedding_sharing, rtd_lambda, special_token_ids=tokenizer.all_special_ids
+    )
+    with torch.no_grad():
+        for name, weight in folded.items():
+            table = getattr(embeddings, name)
+            if parametrize.is_parametrized(table, "weight"):
+                table.weight = weight
+    return model
+
+
+def rtd_per_token(outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What `rtd_counts` needs from a ReplacedTokenDetectionOutput, laid out (B, N) like `labels`: the generator's
+    predictions (-100 where nothing is masked) and losses, the discriminator's decisions (1 replaced, 0 original,
+    -100 where it is not scored) and losses, and the RTD labels. Fixed shapes keep batches aligned when Trainer
+    gathers them across processes."""
+    masked = labels != -100
+    rtd_labels = outputs.rtd_labels
+    scored = rtd_labels != -100
+    generator_logits = outputs.generator_logits.detach().float()
+    generator_nll = torch.zeros(labels.shape, device=labels.device)
+    generator_nll[masked] = F.cross_entropy(generator_logits, labels[masked], reduction="none")
+    discriminator_logits = outputs.discriminator_logits.detach().float()
+    discriminator_bce = F.binary_cross_entropy_with_logits(
+        discriminator_logits, rtd_labels.clamp(min=0).float(), reduction="none"
+    )
+    return {
+        "generator_predictions": predictions_from_logits(generator_logits, labels),
+        "generator_nll": generator_nll,
+        "discriminator_predictions": (discriminator_logits > 0).long().masked_fill(~scored, -100),
+        "discriminator_bce": discriminator_bce.masked_fill(~scored, 0.0),
+        "rtd_labels": rtd_labels,
+    }
+
+
+def rtd_counts(per_token: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums over the tokens of `rtd_per_token`'s tensors, from which `rtd_metrics` computes every metric."""
+    masked = labels != -100
+    scored = per_token["rtd_labels"] != -100
+    replaced = per_token["rtd_labels"] == 1
+    flagged = per_token["discriminator_predictions"] == 1
+    return {
+        "masked": masked.sum(),
+        "mlm_nll": per_token["generator_nll"][masked].sum(),
+        "mlm_correct": (masked & (per_token["generator_predictions"] == labels)).sum(),
+        "scored": scored.sum(),
+        "rtd_bce": per_token["discriminator_bce"][scored].sum(),
+        "rtd_correct": (scored & (flagged == replaced)).sum(),
+        "replaced": replaced.sum(),
+        "flagged": flagged.sum(),
+        "true_positives": (flagged & replaced).sum(),
+    }
+
+
+def rtd_metrics(counts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The generator's masked-LM loss, perplexity and accuracy; the discriminator's loss, accuracy and F1 on replaced
+    tokens (the positive class); the share of scored tokens that were replaced (1 minus the accuracy of always
+    answering "original"). nan where there is nothing to count."""
+    counts = {name: float(value) for name, value in counts.items()}
+
+    def ratio(numerator: float, denominator: float) -> float:
+        return numerator / denominator if denominator else float("nan")
+
+    mlm_loss = ratio(counts["mlm_nll"], counts["masked"])
+    return {
+        "mlm_loss": mlm_loss,
+        "mlm_perplexity": math.exp(mlm_loss) if mlm_loss < 700 else float("inf"),
+        "mlm_accuracy": ratio(counts["mlm_correct"], counts["masked"]),
+        "rtd_loss": ratio(counts["rtd_bce"], counts["scored"]),
+        "rtd_accuracy": ratio(counts["rtd_correct"], counts["scored"]),
+        "rtd_f1": ratio(2 * counts["true_positives"], counts["flagged"] + counts["replaced"]),
+        "replaced_fraction": ratio(counts["replaced"], counts["scored"]),
+    }
+
+
+def replaced_token_metrics(eval_prediction) -> dict[str, float]:
+    """`rtd_metrics` over an evaluation set, for Trainer's `compute_metrics` (predictions: `rtd_per_token`'s)."""
+    names = ("generator_predictions", "generator_nll", "discriminator_predictions", "discriminator_bce", "rtd_labels")
+    per_token = {name: torch.from_numpy(array) for name, array in zip(names, eval_prediction.predictions, strict=True)}
+    return rtd_metrics(rtd_counts(per_token, torch.from_numpy(eval_prediction.label_ids)))
+
+
+class ReplacedTokenDetectionTrainer(MaskingTrainer):
+    """MaskingTrainer for a ReplacedTokenDetectionModel: batches are masked in the training step (exact resume), the
+    loss is the model's (mlm_loss + rtd_lambda * rtd_loss), and `rtd_metrics` are reported in training logs and
+    evaluations.
+
+    Checkpoints hold the joint state (E_delta included), which a resume loads back; the final `save_model` writes
+    output_dir/discriminator and output_dir/generator, each with the tokenizer. Evaluation draws the generator's
+    replacements in a forked random state seeded with `--seed`: every evaluation of a model scores the same
+    replacements, and evaluating leaves training's random stream as it was.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, compute_metrics=replaced_token_metrics, **kwargs)
+        self._training_counts: dict[str, torch.Tensor] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The model's losses are per-batch means (accepts_loss_kwargs = False): Trainer scales them for gradient
+        # accumulation, and num_items_in_batch is not needed.
+        outputs = model(**inputs)
+        per_token = rtd_per_token(outputs, inputs["labels"])
+        if model.training:
+            for name, value in rtd_counts(per_token, inputs["labels"]).items():
+                self._training_counts[name] = self._training_counts.get(name, 0) + value
+        return (outputs.loss, per_token) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # A training log ("loss" over the last logging steps) gets the metrics of the same steps, over every process.
+        if "loss" in logs and self._training_counts:
+            counts = {name: self.accelerator.reduce(value, "sum") for name, value in self._training_counts.items()}
+            logs = {**logs, **rtd_metrics(counts)}
+            self._training_counts = {}
+        super().log(logs, start_time)
+
+    def evaluate(self, *args, **kwargs):
+        device = self.args.device
+        devices = {"devices": []} if device.type == "cpu" else {"devices": [device], "device_type": device.type}
+        with torch.random.fork_rng(**devices):
+            torch.manual_seed(self.args.seed)
+            return super().evaluate(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        if _internal_call:  # a checkpoint: the joint state, which a resume loads back
+            return super().save_model(output_dir, _internal_call)
+        output_dir = Path(output_dir or self.args.output_dir)
+        model = self._unwrapped_for_saving()
+        if self.args.should_save:
+            model.save_pretrained(output_dir)
+            for name in CHECKPOINT_METRICS:
+                self.processing_class.save_pretrained(output_dir / name)
+
+    def _unwrapped_for_saving(self) -> ReplacedTokenDetectionModel:
+        """The model with whole tensors: FSDP's shards are gathered (every process takes part) into a new copy."""
+        if not self.is_fsdp_enabled:
+            return self.accelerator.unwrap_model(self.model)
+        state_dict = self.accelerator.get_state_dict(self.model)
+        sharded = self.model
+        model = ReplacedTokenDetectionModel(
+            DebertaLiteForMaskedLM(sharded.generator.config),
+            DebertaLiteForReplacedTokenDetection(sharded.discriminator.config),
+            sharded.embedding_sharing,
+            sharded.rtd_lambda,
+            special_token_ids=sharded.special_token_ids.tolist(),
+        )
+        if self.args.should_save:
+            model.load_state_dict(state_dict)
+        return model
+
+    def create_model_card(self, *args, **kwargs):
+        """A model card in each checkpoint, with its own model's evaluation metrics."""
+        if not self.is_world_process_zero():
+            return
+        results_path = Path(self.args.output_dir, "eval_results.json")
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        for name, metric_names in CHECKPOINT_METRICS.items():
+            checkpoint = Path(self.args.output_dir, name)
+            own = {key: value for key, value in results.items() if key.removeprefix("eval_") in metric_names}
+            if own:
+                (checkpoint / "eval_results.json").write_text(json.dumps(own, indent=2))
+            write_model_card(checkpoint, hyperparameters=hyperparameters_of(self.args))
+
+
+def run_rtd_pretraining(
+    model: ReplacedTokenDetectionModel,
+    tokenizer: PreTrainedTokenizerBase,
+    training_args,
+    train_dataset: datasets.Dataset | None,
+    eval_dataset: datasets.Dataset,
+    masker: DataCollatorForDebertaMLM,
+    eval_before_training: bool = False,
+) -> dict:
+    """`run_pretraining` for DeBERTa-v3's replaced token detection: train (when `train_dataset` is given) and evaluate
+    a generator and a discriminator; returns before_*, train_* and eval_* metrics (`rtd_metrics`, and the joint loss).
+
+    After training, output_dir/discriminator (AutoModelForPreTraining; the encoder to fine-tune) and
+    output_dir/generator (AutoModelForMaskedLM) are checkpoints of their own, each with the tokenizer and a model
+    card. `eval_dataset` must be masked already (`mask_once`).
+    """
+    if training_args.push_to_hub:
+        raise ValueError(
+            "--push_to_hub: replaced-token-detection pretraining leaves two checkpoints; push them after training with "
+            "scripts/push_to_hub.py OUTPUT_DIR/discriminator REPO and OUTPUT_DIR/generator REPO-generator"
+        )
+    # The saved tokenizer truncates to what both models take (the generator's enhanced mask decoder caps it).
+    fit_tokenizer_to_model(tokenizer, model.generator.config)
+    fit_tokenizer_to_model(tokenizer, model.discriminator.config)
+    trainer = ReplacedTokenDetectionTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        masker=masker,
+    )
+    metrics = train_and_evaluate(trainer, train_dataset, eval_before_training)
+    if "before_loss" in metrics and "eval_loss" in metrics and trainer.is_world_process_zero():
+        print(
+            f"discriminator accuracy {metrics['before_rtd_accuracy']:.3f} -> {metrics['eval_rtd_accuracy']:.3f} "
+            f"(all-original: {1 - metrics['eval_replaced_fraction']:.3f}), F1 on replaced tokens "
+            f"{metrics['before_rtd_f1']:.3f} -> {metrics['eval_rtd_f1']:.3f}; generator masked-token accuracy "
+            f"{metrics['before_mlm_accuracy']:.3f} -> {metrics['eval_mlm_accuracy']:.3f}"
+        )
     return metrics

@@ -1,0 +1,287 @@
+"""DeBERTa-v3 pretraining (scripts/pretrain_rtd.py): metrics, the two saved checkpoints, continuing, exact resume."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_accelerate import _free_port  # one free port finder for the launches; helpers.py has none
+from test_pretraining import _args  # the same short CPU runs as the MLM script's tests
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    TrainingArguments,
+    pipeline,
+)
+
+from deberta_lite import DebertaLiteForReplacedTokenDetection
+from deberta_lite.checkpoints import COMPLETE_MARKER
+from deberta_lite.masking import DataCollatorForDebertaMLM
+from deberta_lite.pretraining import (
+    DataArguments,
+    build_rtd_model,
+    pretraining_data,
+    rtd_counts,
+    rtd_metrics,
+    rtd_per_token,
+    run_rtd_pretraining,
+)
+
+from helpers import DATA, ROOT, assert_close_by_name, load_script
+
+
+pretrain_rtd = load_script("pretrain_rtd")
+# The options test_pretraining's runs take (_args): seed, evaluation blocks, evaluation batch size.
+SEED, EVAL_BLOCKS, EVAL_BATCH = 7, 48, 16
+
+
+def test_metrics_by_hand():
+    labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, -100]])  # masked: (0,1) (0,2) (1,2)
+    generator_logits = torch.zeros(3, 10)
+    generator_logits[0, 5] = generator_logits[1, 4] = generator_logits[2, 7] = 2.0  # right, wrong, right
+    rtd_labels = torch.tensor([[-100, 1, 0, 0], [-100, 0, 1, -100]])  # [CLS] and padding not scored
+    discriminator_logits = torch.tensor([[9.0, 3.0, 1.0, -2.0], [9.0, -1.0, -4.0, 9.0]])  # flags (0,1) and (0,2)
+    outputs = SimpleNamespace(
+        generator_logits=generator_logits, discriminator_logits=discriminator_logits, rtd_labels=rtd_labels
+    )
+    per_token = rtd_per_token(outputs, labels)
+    assert per_token["generator_predictions"].tolist() == [[-100, 5, 4, -100], [-100, -100, 7, -100]]
+    assert per_token["discriminator_predictions"].tolist() == [[-100, 1, 1, 0], [-100, 0, 0, -100]]
+    metrics = rtd_metrics(rtd_counts(per_token, labels))
+    nll = torch.nn.functional.cross_entropy(generator_logits, torch.tensor([5, 6, 7]))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor([3.0, 1.0, -2.0, -1.0, -4.0]), torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0])
+    )
+    # 5 scored tokens, 2 replaced; flagged 2, of which 1 replaced: precision 1/2, recall 1/2.
+    assert metrics == {
+        "mlm_loss": pytest.approx(nll.item()),
+        "mlm_perplexity": pytest.approx(nll.exp().item()),
+        "mlm_accuracy": pytest.approx(2 / 3),
+        "rtd_loss": pytest.approx(bce.item()),
+        "rtd_accuracy": pytest.approx(3 / 5),
+        "rtd_f1": pytest.approx(1 / 2),
+        "replaced_fraction": pytest.approx(2 / 5),
+    }
+
+
+@pytest.fixture(scope="module")
+def rtd_run(tokenizer_dir, tmp_path_factory):
+    """A short run from the bundled corpus: its output_dir and returned metrics."""
+    output_dir = tmp_path_factory.mktemp("rtd") / "run"
+    metrics = pretrain_rtd.main(
+        _args(
+            tokenizer_dir,
+            output_dir,
+            "--do_train",
+            "--do_eval",
+            "--eval_before_training",
+            "--max_steps",
+            "8",
+            "--save_steps",
+            "8",
+            "--learning_rate",
+            "2e-3",
+            "--logging_steps",
+            "4",
+            "--max_train_samples",
+            "64",
+        )
+    )
+    return output_dir, metrics
+
+
+def test_run_saves_a_discriminator_and_a_generator_that_load_everywhere(rtd_run):
+    output_dir, _ = rtd_run
+    discriminator_dir, generator_dir = output_dir / "discriminator", output_dir / "generator"
+    for directory in (discriminator_dir, generator_dir):
+        assert (directory / "model.safetensors").exists() and (directory / "README.md").exists()
+        # The saved tokenizer truncates to what the models take (the generator's enhanced mask decoder: 128).
+        assert AutoTokenizer.from_pretrained(directory).model_max_length == 128
+    tokenizer = AutoTokenizer.from_pretrained(discriminator_dir)
+    classifier = AutoModelForSequenceClassification.from_pretrained(discriminator_dir, num_labels=3)
+    assert classifier(**tokenizer("The river flows through the city.", return_tensors="pt")).logits.shape == (1, 3)
+    assert isinstance(AutoModelForPreTraining.from_pretrained(discriminator_dir), DebertaLiteForReplacedTokenDetection)
+    fill_mask = pipeline("fill-mask", model=AutoModelForMaskedLM.from_pretrained(generator_dir), tokenizer=tokenizer)
+    assert len(fill_mask("The river flows through the [MASK].", top_k=3)) == 3
+
+    # GDES folded: the saved discriminator's table is E_G + E_delta of the run's last checkpoint.
+    joint = load_file(output_dir / "checkpoint-8" / "model.safetensors")
+    e_g = joint["generator.deberta.embeddings.word_embeddings.weight"]
+    e_delta = joint["discriminator.deberta.embeddings.word_embeddings.parametrizations.weight.original"]
+    assert e_delta.abs().max() > 0  # the RTD loss trained E_delta
+    saved = load_file(discriminator_dir / "model.safetensors")["deberta.embeddings.word_embeddings.weight"]
+    torch.testing.assert_close(saved, e_g + e_delta, atol=0, rtol=0)
+
+    # Each card reports its own model's evaluation.
+    assert set(json.loads((discriminator_dir / "eval_results.json").read_text())) == {
+        "eval_rtd_loss",
+        "eval_rtd_accuracy",
+        "eval_rtd_f1",
+        "eval_replaced_fraction",
+    }
+    assert "eval_mlm_accuracy" in json.loads((generator_dir / "eval_results.json").read_text())
+
+
+def test_evaluation_metrics_recomputed_from_the_saved_checkpoints(rtd_run, tokenizer_dir, tmp_path):
+    """Scoring the fixed evaluation masks with the two saved checkpoints, batch by batch with the run's seed as
+    evaluation does, gives the reported metrics: the checkpoints are the trained models and the metrics are right."""
+    output_dir, metrics = rtd_run
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    data_args = DataArguments(
+        train_file=str(DATA / "wiki_sample" / "train.txt"),
+        validation_file=str(DATA / "wiki_sample" / "validation.txt"),
+        max_eval_samples=EVAL_BLOCKS,
+    )
+    training_args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    _, eval_dataset, masker = pretraining_data(data_args, tokenizer, training_args, DATA / "wiki_sample")
+    # "none": the discriminator reads its saved table as is, bit for bit the table GDES computed in the run.
+    model = build_rtd_model(tokenizer, str(output_dir), embedding_sharing="none").eval()
+    torch.manual_seed(SEED)
+    correct = scored = replaced = masked = mlm_correct = 0
+    with torch.no_grad():
+        # A DataLoader, as the Trainer's: starting to iterate one draws a seed from torch's generator.
+        for batch in DataLoader(eval_dataset, batch_size=EVAL_BATCH, collate_fn=masker.pad):
+            outputs = model(**batch)
+            is_masked = batch["labels"] != -100
+            mlm_correct += (outputs.generator_logits.argmax(-1) == batch["labels"][is_masked]).sum().item()
+            masked += is_masked.sum().item()
+            is_scored = outputs.rtd_labels != -100
+            flagged = (outputs.discriminator_logits > 0).long()
+            correct += (flagged == outputs.rtd_labels)[is_scored].sum().item()
+            scored += is_scored.sum().item()
+            replaced += (outputs.rtd_labels == 1).sum().item()
+            assert not ((outputs.rtd_labels == 1) & ~is_masked).any()  # only masked positions are replaced
+    assert metrics["eval_rtd_accuracy"] == pytest.approx(correct / scored, abs=1e-9)
+    assert metrics["eval_replaced_fraction"] == pytest.approx(replaced / scored, abs=1e-9)
+    assert metrics["eval_mlm_accuracy"] == pytest.approx(mlm_correct / masked, abs=1e-9)
+    assert 0 < replaced < masked
+    # The generator learned from 8 steps; the loss reported is mlm_loss + 50 * rtd_loss.
+    assert metrics["eval_mlm_loss"] < metrics["before_mlm_loss"]
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_mlm_loss"] + 50 * metrics["eval_rtd_loss"], rel=1e-4)
+
+
+def test_continuing_from_a_run_restores_both_models(rtd_run, tokenizer_dir):
+    output_dir, _ = rtd_run
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build_rtd_model(tokenizer, str(output_dir))  # GDES: E_delta = saved table - E_G
+    delta = model.discriminator.deberta.embeddings.word_embeddings.parametrizations.weight.original
+    assert delta.abs().max() > 0
+    discriminator = load_file(output_dir / "discriminator" / "model.safetensors")
+    assert_close_by_name(model.discriminator_for_saving().state_dict(), discriminator, atol=1e-6, rtol=0)
+    generator = load_file(output_dir / "generator" / "model.safetensors")
+    assert_close_by_name(
+        {name: value for name, value in model.generator.state_dict().items() if name in generator},
+        generator,
+        atol=0,
+        rtol=0,
+    )
+
+
+def test_resuming_from_the_latest_complete_checkpoint_gives_identical_state(tokenizer_dir, tmp_path):
+    common = [
+        "--do_train",
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--masking",
+        "whole_word",
+        "--max_train_samples",
+        "64",
+        "--logging_steps",
+        "1",
+    ]
+    pretrain_rtd.main(_args(tokenizer_dir, tmp_path / "straight", *common))
+    # A run killed while saving checkpoint-6: checkpoint-3 complete, checkpoint-6 written but never marked complete.
+    shutil.copytree(tmp_path / "straight" / "checkpoint-3", tmp_path / "killed" / "checkpoint-3")
+    shutil.copytree(tmp_path / "straight" / "checkpoint-6", tmp_path / "killed" / "checkpoint-6")
+    (tmp_path / "killed" / "checkpoint-6" / COMPLETE_MARKER).unlink()
+    pretrain_rtd.main(_args(tokenizer_dir, tmp_path / "killed", *common, "--resume_from_checkpoint", "latest"))
+
+    logs = {}
+    for run in ("straight", "killed"):
+        history = json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]
+        logs[run] = [e[key] for e in history if "loss" in e for key in ("loss", "rtd_accuracy", "mlm_accuracy")]
+    assert len(logs["straight"]) == 6 * 3
+    assert logs["killed"] == pytest.approx(logs["straight"], abs=1e-6)  # steps 1-3 from checkpoint-3, 4-6 retrained
+    for name in ("checkpoint-6", "discriminator", "generator"):
+        straight = load_file(tmp_path / "straight" / name / "model.safetensors")
+        resumed = load_file(tmp_path / "killed" / name / "model.safetensors")
+        assert_close_by_name(resumed, straight, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["--bf16", "--fp16"])  # on a CPU, both run under torch's CPU autocast
+def test_mixed_precision_flags_train_with_finite_losses(tokenizer_dir, tmp_path, precision):
+    metrics = pretrain_rtd.main(
+        _args(
+            tokenizer_dir,
+            tmp_path / "run",
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "2",
+            precision,
+            "--save_strategy",
+            "no",
+            "--max_train_samples",
+            "16",
+        )
+    )
+    assert all(math.isfinite(metrics[key]) for key in ("train_loss", "eval_loss", "eval_mlm_loss", "eval_rtd_loss"))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run(tokenizer_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(ROOT / "scripts" / "pretrain_rtd.py"),
+        *_args(tokenizer_dir, output_dir, "--do_train", "--do_eval", "--max_steps", "2", "--logging_steps", "1"),
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_samples",
+        "32",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # 2 steps x 4 blocks x 2 processes = half of the 32 training blocks: both processes trained.
+    assert json.loads((output_dir / "train_results.json").read_text())["epoch"] == pytest.approx(0.5)
+    assert "eval_rtd_f1" in json.loads((output_dir / "eval_results.json").read_text())
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert all("rtd_accuracy" in entry for entry in history if "loss" in entry)
+    generator = AutoModelForMaskedLM.from_pretrained(output_dir / "generator")
+    discriminator = AutoModelForPreTraining.from_pretrained(output_dir / "discriminator")
+    assert all(torch.isfinite(p).all() for p in [*generator.parameters(), *discriminator.parameters()])
+
+
+def test_errors_before_training(tokenizer_dir, tmp_path):
+    with pytest.raises(ValueError, match="max_position_embeddings=128"):
+        pretrain_rtd.main(_args(tokenizer_dir, tmp_path / "out", "--max_seq_length", "256", "--do_train"))
+    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'tied' (choose from gdes, shared, none)"
+        pretrain_rtd.main(_args(tokenizer_dir, tmp_path / "out", "--embedding_sharing", "tied"))
+    pushing = SimpleNamespace(push_to_hub=True)
+    masker = DataCollatorForDebertaMLM(AutoTokenizer.from_pretrained(tokenizer_dir))
+    with pytest.raises(ValueError, match="push_to_hub.py"):
+        run_rtd_pretraining(None, masker.tokenizer, pushing, None, None, masker)
