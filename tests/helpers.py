@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -345,3 +346,37 @@ def rtd_batch(vocab_size: int = 100, seed: int = 0) -> dict:
         labels=labels,
         special_tokens_mask=special.long(),
     )
+
+
+# ---------------------------------------------------------------- short CPU runs of the scripts
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a multi-process launch's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pretraining_args(tokenizer_dir, output_dir, *extra) -> list[str]:
+    """The options of a short, seeded CPU run of scripts/pretrain_mlm.py or scripts/pretrain_rtd.py."""
+    return [
+        "--tokenizer_name",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--max_eval_samples",
+        "48",
+        "--seed",
+        "7",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]

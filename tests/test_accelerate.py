@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,13 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from helpers import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from helpers import ROOT, free_port
 
 
 @pytest.mark.slow
@@ -34,7 +27,7 @@ def test_two_process_pretraining_run(config, tokenizer_dir, tmp_path):
         "--mixed_precision",
         "no",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         str(ROOT / "scripts" / "pretrain_mlm.py"),
         "--tokenizer_name",
         str(tokenizer_dir),
@@ -85,7 +78,7 @@ def ddp_results(tmp_path_factory):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         str(ROOT / "tests" / "ddp_worker.py"),
         str(output_dir),
         *DDP_MODELS,

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ from deberta_lite.checkpoints import (
 )
 from deberta_lite.trainer import DebertaLiteTrainer
 
-from helpers import ROOT, load_script, padded_batch, tiny_config
+from helpers import ROOT, free_port, load_script, padded_batch, tiny_config
 
 
 pretrain_mlm = load_script("pretrain_mlm")
@@ -261,12 +260,6 @@ def test_the_callback_refuses_what_it_cannot_make_safe_and_marks_trial_folders(t
     verify_checkpoint(checkpoint)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # Runs pretrain_mlm.py in each process of an accelerate launch; process 1 writes its RNG state 2 s late, so a marker
 # written without waiting for every process would not list that file.
 SLOW_RANK_DRIVER = """
@@ -302,7 +295,7 @@ def test_two_processes_mark_a_checkpoint_once_both_have_written_it(tokenizer_dir
         "--mixed_precision",
         "no",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         str(driver),
         *_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1"),
     ]

@@ -11,8 +11,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_accelerate import _free_port  # one free port finder for the launches; helpers.py has none
-from test_pretraining import _args  # the same short CPU runs as the MLM script's tests
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForMaskedLM,
@@ -36,7 +34,7 @@ from deberta_lite.pretraining import (
     run_rtd_pretraining,
 )
 
-from helpers import DATA, ROOT, assert_close_by_name, load_script
+from helpers import DATA, ROOT, assert_close_by_name, free_port, load_script, pretraining_args
 
 
 pretrain_rtd = load_script("pretrain_rtd")
@@ -78,7 +76,7 @@ def rtd_run(tokenizer_dir, tmp_path_factory):
     """A short run from the bundled corpus: its output_dir and returned metrics."""
     output_dir = tmp_path_factory.mktemp("rtd") / "run"
     metrics = pretrain_rtd.main(
-        _args(
+        pretraining_args(
             tokenizer_dir,
             output_dir,
             "--do_train",
@@ -202,12 +200,14 @@ def test_resuming_from_the_latest_complete_checkpoint_gives_identical_state(toke
         "--logging_steps",
         "1",
     ]
-    pretrain_rtd.main(_args(tokenizer_dir, tmp_path / "straight", *common))
+    pretrain_rtd.main(pretraining_args(tokenizer_dir, tmp_path / "straight", *common))
     # A run killed while saving checkpoint-6: checkpoint-3 complete, checkpoint-6 written but never marked complete.
     shutil.copytree(tmp_path / "straight" / "checkpoint-3", tmp_path / "killed" / "checkpoint-3")
     shutil.copytree(tmp_path / "straight" / "checkpoint-6", tmp_path / "killed" / "checkpoint-6")
     (tmp_path / "killed" / "checkpoint-6" / COMPLETE_MARKER).unlink()
-    pretrain_rtd.main(_args(tokenizer_dir, tmp_path / "killed", *common, "--resume_from_checkpoint", "latest"))
+    pretrain_rtd.main(
+        pretraining_args(tokenizer_dir, tmp_path / "killed", *common, "--resume_from_checkpoint", "latest")
+    )
 
     logs = {}
     for run in ("straight", "killed"):
@@ -224,7 +224,7 @@ def test_resuming_from_the_latest_complete_checkpoint_gives_identical_state(toke
 @pytest.mark.parametrize("precision", ["--bf16", "--fp16"])  # on a CPU, both run under torch's CPU autocast
 def test_mixed_precision_flags_train_with_finite_losses(tokenizer_dir, tmp_path, precision):
     metrics = pretrain_rtd.main(
-        _args(
+        pretraining_args(
             tokenizer_dir,
             tmp_path / "run",
             "--do_train",
@@ -255,9 +255,11 @@ def test_two_process_ddp_run(tokenizer_dir, tmp_path):
         "--mixed_precision",
         "no",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         str(ROOT / "scripts" / "pretrain_rtd.py"),
-        *_args(tokenizer_dir, output_dir, "--do_train", "--do_eval", "--max_steps", "2", "--logging_steps", "1"),
+        *pretraining_args(
+            tokenizer_dir, output_dir, "--do_train", "--do_eval", "--max_steps", "2", "--logging_steps", "1"
+        ),
         "--per_device_train_batch_size",
         "4",
         "--max_train_samples",
@@ -278,9 +280,9 @@ def test_two_process_ddp_run(tokenizer_dir, tmp_path):
 
 def test_errors_before_training(tokenizer_dir, tmp_path):
     with pytest.raises(ValueError, match="max_position_embeddings=128"):
-        pretrain_rtd.main(_args(tokenizer_dir, tmp_path / "out", "--max_seq_length", "256", "--do_train"))
+        pretrain_rtd.main(pretraining_args(tokenizer_dir, tmp_path / "out", "--max_seq_length", "256", "--do_train"))
     with pytest.raises(SystemExit):  # argparse: "invalid choice: 'tied' (choose from gdes, shared, none)"
-        pretrain_rtd.main(_args(tokenizer_dir, tmp_path / "out", "--embedding_sharing", "tied"))
+        pretrain_rtd.main(pretraining_args(tokenizer_dir, tmp_path / "out", "--embedding_sharing", "tied"))
     pushing = SimpleNamespace(push_to_hub=True)
     masker = DataCollatorForDebertaMLM(AutoTokenizer.from_pretrained(tokenizer_dir))
     with pytest.raises(ValueError, match="push_to_hub.py"):

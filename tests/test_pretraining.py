@@ -11,33 +11,10 @@ from transformers import AutoTokenizer, EvalPrediction
 
 from deberta_lite.pretraining import load_raw_datasets, masked_accuracy, parse_overrides, predictions_from_logits
 
-from helpers import assert_close_by_name, load_script
+from helpers import assert_close_by_name, load_script, pretraining_args
 
 
 pretrain_mlm = load_script("pretrain_mlm")
-
-
-def _args(tokenizer_dir, output_dir, *extra):
-    return [
-        "--tokenizer_name",
-        str(tokenizer_dir),
-        "--output_dir",
-        str(output_dir),
-        "--use_cpu",
-        "--report_to",
-        "none",
-        "--per_device_train_batch_size",
-        "8",
-        "--per_device_eval_batch_size",
-        "16",
-        "--max_eval_samples",
-        "48",
-        "--seed",
-        "7",
-        "--disable_tqdm",
-        "true",
-        *extra,
-    ]
 
 
 def test_predictions_and_accuracy_by_hand():
@@ -99,7 +76,7 @@ def test_too_little_text_for_one_block_is_an_error(tokenizer_dir, tmp_path):
     (tmp_path / "short.txt").write_text("a few words\nand a few more\n")
     with pytest.raises(ValueError, match="fewer than 128 tokens"):
         pretrain_mlm.main(
-            _args(
+            pretraining_args(
                 tokenizer_dir,
                 tmp_path / "out",
                 "--train_file",
@@ -113,12 +90,12 @@ def test_too_little_text_for_one_block_is_an_error(tokenizer_dir, tmp_path):
 
 def test_sequence_longer_than_the_emd_allows_is_refused_before_training(tokenizer_dir, tmp_path):
     with pytest.raises(ValueError, match="max_position_embeddings=128"):
-        pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "out", "--max_seq_length", "256", "--do_train"))
+        pretrain_mlm.main(pretraining_args(tokenizer_dir, tmp_path / "out", "--max_seq_length", "256", "--do_train"))
 
 
 def test_short_pretraining_lowers_validation_loss(tokenizer_dir, tmp_path):
     metrics = pretrain_mlm.main(
-        _args(
+        pretraining_args(
             tokenizer_dir,
             tmp_path / "run",
             "--do_train",
@@ -160,9 +137,9 @@ def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir
         "--logging_steps",
         "1",
     ]
-    pretrain_mlm.main(_args(tokenizer_dir, tmp_path / "straight", *common))
+    pretrain_mlm.main(pretraining_args(tokenizer_dir, tmp_path / "straight", *common))
     pretrain_mlm.main(
-        _args(
+        pretraining_args(
             tokenizer_dir,
             tmp_path / "resumed",
             *common,
@@ -192,7 +169,7 @@ def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir
 @pytest.mark.parametrize("precision", ["--bf16", "--fp16"])  # on a CPU, both run under torch's CPU autocast
 def test_mixed_precision_flags_train_with_finite_loss(tokenizer_dir, tmp_path, precision):
     metrics = pretrain_mlm.main(
-        _args(
+        pretraining_args(
             tokenizer_dir,
             tmp_path / "run",
             "--do_train",
