@@ -12,6 +12,7 @@ from deberta_lite import (
     DebertaLiteConfig,
     DebertaLiteForMaskedLM,
     DebertaLiteForMultipleChoice,
+    DebertaLiteForReplacedTokenDetection,
     DebertaLiteForSequenceClassification,
     DebertaLiteModel,
     DebertaLitePreTrainedModel,
@@ -83,8 +84,9 @@ REMOTE_SCRIPT = """
     import sys
 
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
-    directory, mlm_directory, inputs_path, outputs_path = sys.argv[1:5]
+    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining,
+                              AutoModelForSequenceClassification)
+    directory, mlm_directory, rtd_directory, inputs_path, outputs_path = sys.argv[1:6]
     inputs = torch.load(inputs_path)
     config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
     assert type(config).__name__ == "DebertaLiteConfig", type(config)
@@ -94,9 +96,11 @@ REMOTE_SCRIPT = """
     assert type(head).__name__ == "DebertaLiteForSequenceClassification"
     mlm = AutoModelForMaskedLM.from_pretrained(mlm_directory, trust_remote_code=True).eval()
     assert type(mlm).__name__ == "DebertaLiteForMaskedLM"
+    rtd = AutoModelForPreTraining.from_pretrained(rtd_directory, trust_remote_code=True).eval()
+    assert type(rtd).__name__ == "DebertaLiteForReplacedTokenDetection"
     with torch.no_grad():
         torch.save({"base": base(**inputs).last_hidden_state, "logits": head(**inputs).logits,
-                    "mlm": mlm(**inputs).logits}, outputs_path)
+                    "mlm": mlm(**inputs).logits, "rtd": rtd(**inputs).logits}, outputs_path)
 """
 
 
@@ -105,6 +109,8 @@ def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
     model.save_pretrained(tmp_path / "checkpoint")
     mlm = DebertaLiteForMaskedLM(tiny_config()).eval()
     mlm.save_pretrained(tmp_path / "mlm")
+    rtd = DebertaLiteForReplacedTokenDetection(tiny_config()).eval()  # the DeBERTa-v3 discriminator
+    rtd.save_pretrained(tmp_path / "rtd")
     input_ids, attention_mask = padded_batch()
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     torch.save(inputs, tmp_path / "inputs.pt")
@@ -115,6 +121,7 @@ def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
         tmp_path,
         tmp_path / "checkpoint",
         tmp_path / "mlm",
+        tmp_path / "rtd",
         tmp_path / "inputs.pt",
         tmp_path / "outputs.pt",
         without_deberta_lite=True,
@@ -125,3 +132,4 @@ def test_remote_code_loads_where_deberta_lite_cannot_be_imported(tmp_path):
         assert torch.equal(outputs["logits"], model(**inputs).logits)
         assert torch.equal(outputs["base"], model.deberta(**inputs).last_hidden_state)
         assert torch.equal(outputs["mlm"], mlm(**inputs).logits)
+        assert torch.equal(outputs["rtd"], rtd(**inputs).logits)
