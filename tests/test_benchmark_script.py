@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from helpers import load_script
+from deberta_lite import DebertaLiteModel
+
+from helpers import load_script, tiny_config
 
 
 HAS_DISENTANGLED_FLASH = importlib.util.find_spec("disentangled_flash") is not None
@@ -85,6 +87,15 @@ def test_a_peer_that_disagrees_is_reported(capsys):
     assert "WARNING" in capsys.readouterr().out
     assert benchmark.check_peer(PEER, reference + 1e-6, "transformers_debertav2", reference, "fp32") < 1e-4
     assert capsys.readouterr().out == ""
+
+
+def test_flex_sits_out_train_steps_with_attention_dropout(capsys):
+    benchmark = load_script("benchmark")
+    for dropout, expected in ((0.1, ["deberta_lite"]), (0.0, ["deberta_lite", "deberta_lite_flex"])):
+        models = {name: DebertaLiteModel(tiny_config(attention_probs_dropout_prob=dropout)) for name in expected[:1]}
+        models["deberta_lite_flex"] = DebertaLiteModel(tiny_config(attention_probs_dropout_prob=dropout))
+        assert benchmark.train_step_models(models) == expected
+    assert capsys.readouterr().out.count("No train step for DeBERTa-lite flex") == 1
 
 
 def assert_png(path):
