@@ -25,6 +25,7 @@ from transformers import (
     AutoTokenizer,
     HfArgumentParser,
     PreTrainedTokenizerBase,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -300,10 +301,13 @@ def run_pretraining(
     eval_dataset: datasets.Dataset,
     masker: DataCollatorForDebertaMLM,
     eval_before_training: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> dict:
     """Train (when `train_dataset` is given) and evaluate a masked LM; returns before_*, train_* and eval_* metrics.
 
-    `eval_dataset` must be masked already (`mask_once`), so every evaluation sees the same masks.
+    `eval_dataset` must be masked already (`mask_once`), so every evaluation sees the same masks. `callbacks` are
+    added to the Trainer's own: a TrainerCallback can, for instance, stop training at a time budget by setting
+    `control.should_training_stop`, after which the model is saved and evaluated as after a full run.
     """
     fit_tokenizer_to_model(tokenizer, model.config)  # the saved tokenizer truncates to what the masked LM takes
     trainer = MaskingTrainer(
@@ -315,6 +319,7 @@ def run_pretraining(
         masker=masker,
         compute_metrics=masked_accuracy,
         preprocess_logits_for_metrics=predictions_from_logits,
+        callbacks=callbacks,
     )
     metrics = train_and_evaluate(trainer, train_dataset, eval_before_training, add_perplexity)
     if "before_loss" in metrics and "eval_loss" in metrics and trainer.is_world_process_zero():
@@ -649,13 +654,14 @@ def run_rtd_pretraining(
     eval_dataset: datasets.Dataset,
     masker: DataCollatorForDebertaMLM,
     eval_before_training: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> dict:
     """`run_pretraining` for DeBERTa-v3's replaced token detection: train (when `train_dataset` is given) and evaluate
     a generator and a discriminator; returns before_*, train_* and eval_* metrics (`rtd_metrics`, and the joint loss).
 
     After training, output_dir/discriminator (AutoModelForPreTraining; the encoder to fine-tune) and
     output_dir/generator (AutoModelForMaskedLM) are checkpoints of their own, each with the tokenizer and a model
-    card. `eval_dataset` must be masked already (`mask_once`).
+    card. `eval_dataset` must be masked already (`mask_once`); `callbacks` are added to the Trainer's own.
     """
     if training_args.push_to_hub:
         raise ValueError(
@@ -672,6 +678,7 @@ def run_rtd_pretraining(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         masker=masker,
+        callbacks=callbacks,
     )
     metrics = train_and_evaluate(trainer, train_dataset, eval_before_training)
     if "before_loss" in metrics and "eval_loss" in metrics and trainer.is_world_process_zero():

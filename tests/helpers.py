@@ -18,6 +18,8 @@ from transformers import (
     AutoTokenizer,
     DebertaV2Config,
     DebertaV2ForMaskedLM,
+    TrainerCallback,
+    TrainingArguments,
 )
 
 import deberta_lite
@@ -30,6 +32,8 @@ from deberta_lite import (
     DebertaLiteForSequenceClassification,
     DebertaLiteForTokenClassification,
 )
+from deberta_lite.attention import build_relative_lookup, relative_index
+from deberta_lite.pretraining import DataArguments, ModelArguments, parse_arguments, pretraining_data
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +67,12 @@ def load_script(name: str):
 
 def tiny_config(**overrides) -> DebertaLiteConfig:
     return DebertaLiteConfig(**{**TINY, **overrides})
+
+
+def full_relative_index(query_size: int, key_size: int, config: DebertaLiteConfig) -> torch.LongTensor:
+    """The whole (query_size, key_size) relative index delta, expanded from the model's lookup by distance."""
+    lookup = build_relative_lookup(query_size, key_size, config, torch.device("cpu"))
+    return relative_index(lookup, key_size, slice(0, query_size), slice(0, key_size))
 
 
 def padded_batch(vocab_size: int = 100, batch: int = 3, length: int = 12, seed: int = 0):
@@ -380,3 +390,86 @@ def pretraining_args(tokenizer_dir, output_dir, *extra) -> list[str]:
         "true",
         *extra,
     ]
+
+
+def resumable_run_args(tokenizer_dir, output_dir, *extra) -> list[str]:
+    """`pretraining_args` for 6 training steps on 64 blocks, a checkpoint every 2 steps: a run to kill and resume."""
+    return pretraining_args(
+        tokenizer_dir,
+        output_dir,
+        "--do_train",
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--masking",
+        "ngram",
+        "--max_train_samples",
+        "64",
+        *extra,
+    )
+
+
+# Runs scripts/{script}.py and kills itself with SIGKILL: during the KILL_SAVE-th checkpoint save, after its files are
+# written and before its marker is, or at the start of training step KILL_STEP.
+KILLING_DRIVER = """
+import os, signal, sys
+sys.path.insert(0, {scripts!r})
+from deberta_lite import checkpoints, pretraining
+
+kill_save, kill_step = int(os.environ.get("KILL_SAVE", 0)), int(os.environ.get("KILL_STEP", 0))
+saves, steps = [], []
+mark_complete, training_step = checkpoints.mark_complete, pretraining.MaskingTrainer.training_step
+
+def mark_or_die(directory):
+    saves.append(directory)
+    if len(saves) == kill_save:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return mark_complete(directory)
+
+def step_or_die(self, *args, **kwargs):
+    steps.append(1)
+    if len(steps) == kill_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return training_step(self, *args, **kwargs)
+
+checkpoints.mark_complete, pretraining.MaskingTrainer.training_step = mark_or_die, step_or_die
+import {script}
+{script}.main(sys.argv[1:])
+"""
+
+
+def run_and_kill(script: str, args: list[str], kill: dict, cwd) -> subprocess.CompletedProcess:
+    """Run scripts/<script>.py (a pretraining script) with `args` in a fresh interpreter that kills itself with SIGKILL
+    as `kill` says: {"KILL_SAVE": "n"} while the n-th checkpoint is saved (its files written, its completion marker
+    not), {"KILL_STEP": "n"} at the start of training step n. Its return code is then -9."""
+    source = KILLING_DRIVER.format(scripts=str(ROOT / "scripts"), script=script)
+    return run_python(source, {**os.environ, **kill}, cwd, *args)
+
+
+def pretraining_inputs(tokenizer_dir, output_dir, *extra) -> tuple:
+    """What `run_pretraining` and `run_rtd_pretraining` take besides the model, set up as the scripts set it up from
+    `pretraining_args(tokenizer_dir, output_dir, *extra)` on the bundled corpus: the tokenizer, the training
+    arguments, the training blocks, the masked evaluation blocks and the masker."""
+    _, data_args, training_args = parse_arguments(
+        (ModelArguments, DataArguments, TrainingArguments), pretraining_args(tokenizer_dir, output_dir, *extra)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    train_dataset, eval_dataset, masker = pretraining_data(data_args, tokenizer, training_args, DATA / "wiki_sample")
+    return tokenizer, training_args, train_dataset, eval_dataset, masker
+
+
+class StopAtStep(TrainerCallback):
+    """Ends training at the end of step `step` (`control.should_training_stop`); `steps` records the steps it saw
+    end."""
+
+    def __init__(self, step: int):
+        self.step = step
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+        if state.global_step >= self.step:
+            control.should_training_stop = True

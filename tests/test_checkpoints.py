@@ -23,7 +23,7 @@ from deberta_lite.checkpoints import (
 )
 from deberta_lite.trainer import DebertaLiteTrainer
 
-from helpers import ROOT, free_port, load_script, padded_batch, tiny_config
+from helpers import ROOT, free_port, load_script, padded_batch, resumable_run_args, run_and_kill, tiny_config
 
 
 pretrain_mlm = load_script("pretrain_mlm")
@@ -69,69 +69,10 @@ def test_latest_skips_incomplete_checkpoints(tmp_path):
         resolve_resume(tmp_path / "elsewhere", True)
 
 
-# Runs pretrain_mlm.py and kills itself with SIGKILL: during the KILL_SAVE-th checkpoint save, after its files are
-# written and before its marker is, or at the start of training step KILL_STEP.
-DRIVER = """
-import os, signal, sys
-sys.path.insert(0, {scripts!r})
-from deberta_lite import checkpoints, pretraining
-
-kill_save, kill_step = int(os.environ.get("KILL_SAVE", 0)), int(os.environ.get("KILL_STEP", 0))
-saves, steps = [], []
-mark_complete, training_step = checkpoints.mark_complete, pretraining.MaskingTrainer.training_step
-
-def mark_or_die(directory):
-    saves.append(directory)
-    if len(saves) == kill_save:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return mark_complete(directory)
-
-def step_or_die(self, *args, **kwargs):
-    steps.append(1)
-    if len(steps) == kill_step:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return training_step(self, *args, **kwargs)
-
-checkpoints.mark_complete, pretraining.MaskingTrainer.training_step = mark_or_die, step_or_die
-import pretrain_mlm
-pretrain_mlm.main(sys.argv[1:])
-"""
-
-
-def _run_args(tokenizer_dir, output_dir, *extra):
-    return [
-        "--tokenizer_name",
-        str(tokenizer_dir),
-        "--output_dir",
-        str(output_dir),
-        "--use_cpu",
-        "--report_to",
-        "none",
-        "--per_device_train_batch_size",
-        "8",
-        "--max_train_samples",
-        "64",
-        "--seed",
-        "7",
-        "--disable_tqdm",
-        "true",
-        "--do_train",
-        "--max_steps",
-        "6",
-        "--save_steps",
-        "2",
-        "--learning_rate",
-        "1e-3",
-        "--masking",
-        "ngram",
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tokenizer_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("uninterrupted")
-    pretrain_mlm.main(_run_args(tokenizer_dir, output_dir))
+    pretrain_mlm.main(resumable_run_args(tokenizer_dir, output_dir))
     return load_file(output_dir / "model.safetensors")
 
 
@@ -145,18 +86,9 @@ def uninterrupted(tokenizer_dir, tmp_path_factory):
 )
 def test_sigkilled_run_resumes_to_the_same_weights(tokenizer_dir, tmp_path, uninterrupted, kill, skipped, resumed_from):
     output_dir = tmp_path / "run"
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(scripts=str(ROOT / "scripts")))
     # --save_total_limit 1: Trainer alone would delete checkpoint-2 before checkpoint-4 is complete.
-    args = _run_args(tokenizer_dir, output_dir, "--save_total_limit", "1")
-    killed = subprocess.run(
-        [sys.executable, str(driver), *args],
-        env={**os.environ, **kill},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = resumable_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1")
+    killed = run_and_kill("pretrain_mlm", args, kill, tmp_path)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (output_dir / "model.safetensors").exists()  # it really died before the end
     if skipped:
@@ -297,7 +229,7 @@ def test_two_processes_mark_a_checkpoint_once_both_have_written_it(tokenizer_dir
         "--main_process_port",
         str(free_port()),
         str(driver),
-        *_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1"),
+        *resumable_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1"),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ from transformers import (
 )
 
 from deberta_lite import DebertaLiteForReplacedTokenDetection
-from deberta_lite.checkpoints import COMPLETE_MARKER
+from deberta_lite.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
 from deberta_lite.masking import DataCollatorForDebertaMLM
 from deberta_lite.pretraining import (
     DataArguments,
@@ -34,7 +33,16 @@ from deberta_lite.pretraining import (
     run_rtd_pretraining,
 )
 
-from helpers import DATA, ROOT, assert_close_by_name, free_port, load_script, pretraining_args
+from helpers import (
+    DATA,
+    ROOT,
+    assert_close_by_name,
+    free_port,
+    load_script,
+    pretraining_args,
+    resumable_run_args,
+    run_and_kill,
+)
 
 
 pretrain_rtd = load_script("pretrain_rtd")
@@ -184,41 +192,46 @@ def test_continuing_from_a_run_restores_both_models(rtd_run, tokenizer_dir):
     )
 
 
-def test_resuming_from_the_latest_complete_checkpoint_gives_identical_state(tokenizer_dir, tmp_path):
-    common = [
-        "--do_train",
-        "--max_steps",
-        "6",
-        "--save_steps",
-        "3",
-        "--learning_rate",
-        "1e-3",
-        "--masking",
-        "whole_word",
-        "--max_train_samples",
-        "64",
-        "--logging_steps",
-        "1",
-    ]
-    pretrain_rtd.main(pretraining_args(tokenizer_dir, tmp_path / "straight", *common))
-    # A run killed while saving checkpoint-6: checkpoint-3 complete, checkpoint-6 written but never marked complete.
-    shutil.copytree(tmp_path / "straight" / "checkpoint-3", tmp_path / "killed" / "checkpoint-3")
-    shutil.copytree(tmp_path / "straight" / "checkpoint-6", tmp_path / "killed" / "checkpoint-6")
-    (tmp_path / "killed" / "checkpoint-6" / COMPLETE_MARKER).unlink()
-    pretrain_rtd.main(
-        pretraining_args(tokenizer_dir, tmp_path / "killed", *common, "--resume_from_checkpoint", "latest")
-    )
+@pytest.fixture(scope="module")
+def uninterrupted(tokenizer_dir, tmp_path_factory):
+    """The output_dir of a run of resumable_run_args's 6 steps, logged at every step."""
+    output_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    pretrain_rtd.main(resumable_run_args(tokenizer_dir, output_dir, "--logging_steps", "1"))
+    return output_dir
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kill, incomplete, resumed_from",
+    [
+        ({"KILL_SAVE": "2"}, "checkpoint-4", "checkpoint-2"),  # killed while saving checkpoint-4
+        ({"KILL_STEP": "5"}, None, "checkpoint-4"),  # killed in the middle of step 5
+    ],
+)
+def test_sigkilled_run_resumes_to_the_uninterrupted_run(
+    tokenizer_dir, tmp_path, uninterrupted, kill, incomplete, resumed_from
+):
+    output_dir = tmp_path / "run"
+    args = resumable_run_args(tokenizer_dir, output_dir, "--logging_steps", "1", "--save_total_limit", "1")
+    killed = run_and_kill("pretrain_rtd", args, kill, tmp_path)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (output_dir / "discriminator").exists()  # it really died before the end
+    if incomplete:  # its files written, its marker not
+        assert (output_dir / incomplete / "model.safetensors").exists()
+        assert not (output_dir / incomplete / COMPLETE_MARKER).exists()
+    assert last_complete_checkpoint(output_dir) == output_dir / resumed_from
+
+    pretrain_rtd.main(args + ["--resume_from_checkpoint", "latest"])
+    # The steps up to the checkpoint are logged from it, the rest retrained: every step logs what it logged before.
     logs = {}
-    for run in ("straight", "killed"):
-        history = json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]
+    for run in (uninterrupted, output_dir):
+        history = json.loads((run / "trainer_state.json").read_text())["log_history"]
         logs[run] = [e[key] for e in history if "loss" in e for key in ("loss", "rtd_accuracy", "mlm_accuracy")]
-    assert len(logs["straight"]) == 6 * 3
-    assert logs["killed"] == pytest.approx(logs["straight"], abs=1e-6)  # steps 1-3 from checkpoint-3, 4-6 retrained
+    assert len(logs[uninterrupted]) == 6 * 3
+    assert logs[output_dir] == pytest.approx(logs[uninterrupted], abs=1e-6)
     for name in ("checkpoint-6", "discriminator", "generator"):
-        straight = load_file(tmp_path / "straight" / name / "model.safetensors")
-        resumed = load_file(tmp_path / "killed" / name / "model.safetensors")
-        assert_close_by_name(resumed, straight, atol=1e-6, rtol=0)
+        expected = load_file(uninterrupted / name / "model.safetensors")
+        assert_close_by_name(load_file(output_dir / name / "model.safetensors"), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("precision", ["--bf16", "--fp16"])  # on a CPU, both run under torch's CPU autocast

@@ -1,4 +1,4 @@
-"""MLM pretraining: data loading, metrics, learning, resuming, and the script's errors."""
+"""MLM pretraining: data loading, metrics, learning, resuming, the script's errors; callbacks of both runs."""
 
 import json
 
@@ -9,9 +9,26 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, EvalPrediction
 
-from deberta_lite.pretraining import load_raw_datasets, masked_accuracy, parse_overrides, predictions_from_logits
+from deberta_lite.pretraining import (
+    build_masked_lm,
+    build_rtd_model,
+    load_raw_datasets,
+    masked_accuracy,
+    parse_overrides,
+    predictions_from_logits,
+    run_pretraining,
+    run_rtd_pretraining,
+)
 
-from helpers import assert_close_by_name, load_script, pretraining_args
+from helpers import (
+    ROOT,
+    StopAtStep,
+    assert_close_by_name,
+    load_script,
+    pretraining_args,
+    pretraining_inputs,
+    resumable_run_args,
+)
 
 
 pretrain_mlm = load_script("pretrain_mlm")
@@ -122,35 +139,21 @@ def test_short_pretraining_lowers_validation_loss(tokenizer_dir, tmp_path):
 
 
 def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir, tmp_path):
-    common = [
-        "--do_train",
-        "--max_steps",
-        "6",
-        "--save_steps",
-        "3",
-        "--learning_rate",
-        "1e-3",
-        "--masking",
-        "ngram",
-        "--max_train_samples",
-        "64",
-        "--logging_steps",
-        "1",
-    ]
-    pretrain_mlm.main(pretraining_args(tokenizer_dir, tmp_path / "straight", *common))
+    pretrain_mlm.main(resumable_run_args(tokenizer_dir, tmp_path / "straight", "--logging_steps", "1"))
     pretrain_mlm.main(
-        pretraining_args(
+        resumable_run_args(
             tokenizer_dir,
             tmp_path / "resumed",
-            *common,
+            "--logging_steps",
+            "1",
             "--resume_from_checkpoint",
-            str(tmp_path / "straight" / "checkpoint-3"),
+            str(tmp_path / "straight" / "checkpoint-4"),
         )
     )
     state = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
-    # It continued at step 4: no step-3 checkpoint of its own, and steps 1-3 of its history are the checkpoint's.
-    assert not (tmp_path / "resumed" / "checkpoint-3").exists()
+    # It continued at step 5: no step-4 checkpoint of its own, and steps 1-4 of its history are the checkpoint's.
+    assert not (tmp_path / "resumed" / "checkpoint-4").exists()
     straight_state = json.loads((tmp_path / "straight" / "trainer_state.json").read_text())
     assert [e["loss"] for e in state["log_history"] if "loss" in e] == pytest.approx(
         [e["loss"] for e in straight_state["log_history"] if "loss" in e], abs=1e-6
@@ -164,6 +167,28 @@ def test_resuming_continues_at_the_saved_step_with_identical_state(tokenizer_dir
     for index in optimizer_before:
         for name in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(optimizer_after[index][name], optimizer_before[index][name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "build, run, saved",
+    [
+        (build_masked_lm, run_pretraining, "model.safetensors"),
+        (build_rtd_model, run_rtd_pretraining, "discriminator/model.safetensors"),
+    ],
+)
+def test_a_callback_given_to_the_run_stops_training(tokenizer_dir, tmp_path, build, run, saved):
+    output_dir = tmp_path / "run"
+    tokenizer, training_args, train_dataset, eval_dataset, masker = pretraining_inputs(
+        tokenizer_dir, output_dir, "--do_train", "--do_eval", "--max_steps", "6", "--max_train_samples", "64"
+    )
+    model = build(tokenizer, config_name=str(ROOT / "configs" / "tiny.json"))
+    stop = StopAtStep(2)
+    metrics = run(model, tokenizer, training_args, train_dataset, eval_dataset, masker, callbacks=[stop])
+    assert stop.steps == [1, 2]
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+    assert metrics["epoch"] == pytest.approx(2 * 8 / 64)
+    # Stopped early, the run still saves and evaluates the model.
+    assert (output_dir / saved).exists() and "eval_loss" in metrics
 
 
 @pytest.mark.parametrize("precision", ["--bf16", "--fp16"])  # on a CPU, both run under torch's CPU autocast
