@@ -1,7 +1,7 @@
 """Disentangled attention for DeBERTa-lite: relative positions and the attention kernels.
 
-- Relative positions: log buckets, the (N, N) relative index shared by every layer, and the rows of the relative
-  table an input can reach.
+- Relative positions: log buckets, the relative index as a lookup by distance shared by every layer, the rows of the
+  relative table an input can reach, and the distance beyond which every pair reads the table's first or last row.
 - The kernels, one signature each, chosen at run time through transformers' `AttentionInterface`.
 
 This file is copied next to the weights with the modeling file that imports it (remote code): it imports only torch,
@@ -40,20 +40,36 @@ def make_log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, max_p
     return torch.where(abs_pos <= mid, relative_pos, (log_pos * sign).to(relative_pos.dtype))
 
 
-def build_relative_position(
+def build_relative_lookup(
     query_size: int, key_size: int, config: DebertaLiteConfig, device: torch.device
 ) -> torch.LongTensor:
-    """delta(i, j) = clamp(bucket(i - j) + k, 0, 2k - 1): the row of the relative table seen by query i and key j.
+    """delta by signed distance: lookup[i - j + key_size - 1] = clamp(bucket(i - j) + k, 0, 2k - 1).
 
-    Returns a (query_size, key_size) index shared by every layer, head and batch row.
+    delta(i, j), the row of the relative table that query i and key j read, depends on i - j only, so the
+    (query_size + key_size - 1,) lookup describes the whole (Nq, Nk) index that every layer, head and batch row
+    shares. Kernels expand the rows they need with `relative_index`: the full index is never kept (at 8192 tokens it
+    is 537 MB of int64, and bucketing it directly takes several float temporaries of that size).
     """
     span = config.att_span
-    relative_pos = torch.arange(query_size, device=device)[:, None] - torch.arange(key_size, device=device)[None, :]
+    distance = torch.arange(1 - key_size, query_size, device=device)
     if config.position_buckets > 0:
-        relative_pos = make_log_bucket_position(
-            relative_pos, config.position_buckets, config.effective_max_relative_positions
-        )
-    return torch.clamp(relative_pos + span, 0, 2 * span - 1)
+        distance = make_log_bucket_position(distance, config.position_buckets, config.effective_max_relative_positions)
+    return torch.clamp(distance + span, 0, 2 * span - 1)
+
+
+def relative_index(
+    lookup: torch.LongTensor, key_size: int, queries: slice, keys: slice, keys_first: bool = False
+) -> torch.LongTensor:
+    """delta(i, j) for the query rows and key columns given as slices: (q, k), or (k, q) with `keys_first`.
+
+    `lookup` is `build_relative_lookup(query_size, key_size, ...)`. Building the transposed block directly gives the
+    contiguous (k, q) index that a gather along the key axis reads fast.
+    """
+    rows = torch.arange(queries.start, queries.stop, device=lookup.device)
+    columns = torch.arange(keys.start, keys.stop, device=lookup.device) - (key_size - 1)
+    if keys_first:
+        return lookup[rows[None, :] - columns[:, None]]
+    return lookup[rows[:, None] - columns[None, :]]
 
 
 def bucket_reach(config: DebertaLiteConfig) -> tuple[int, ...]:
@@ -127,45 +143,71 @@ def eager_attention_forward(
 
 
 class DisentangledBias:
-    """c2p + p2c described by two (N, 2k) tables per head and the shared relative index, without an N x N tensor.
+    """c2p + p2c described by two (N, 2k) tables per head and the relative lookup, without an N x N tensor.
 
     c2p[i, j] = C2P[i, delta(i, j)] and p2c[i, j] = P2C[j, delta(i, j)], with the tables C2P = Qc·Krᵀ and
     P2C = Kc·Qrᵀ already divided by sqrt(d·s). Every kernel reads the bias through this class: `full()` materialises
-    (B, nh, Nq, Nk) for kernels that take an additive bias, `rows()` builds a block of query rows for the
-    memory-lean kernel, and `score_mod()` looks entries up one by one for flex attention.
+    (B, nh, Nq, Nk) for kernels that take an additive bias, `block()` builds a block of it for the memory-lean
+    kernel, and `score_mod()` looks entries up one by one for flex attention.
     """
 
-    def __init__(self, c2p_table: torch.Tensor | None, p2c_table: torch.Tensor | None, relative_pos: torch.LongTensor):
-        self.c2p_table = c2p_table  # (B, nh, Nq, 2k)
-        self.p2c_table = p2c_table  # (B, nh, Nk, 2k)
-        self.relative_pos = relative_pos  # (Nq, Nk)
+    def __init__(
+        self,
+        c2p_table: torch.Tensor | None,
+        p2c_table: torch.Tensor | None,
+        relative_lookup: torch.LongTensor,
+        key_size: int,
+        far_distance: int,
+    ):
+        self.c2p_table = c2p_table  # (B, nh, Nq, rows)
+        self.p2c_table = p2c_table  # (B, nh, Nk, rows)
+        self.relative_lookup = relative_lookup  # (Nq + Nk - 1,), see build_relative_lookup
+        self.key_size = key_size
+        # From this distance on, every query-key pair reads the first or the last row of the tables.
+        self.far_distance = far_distance
 
-    def rows(self, start: int, end: int) -> torch.Tensor:
-        """Bias of query rows [start, end): (B, nh, end - start, Nk), a new tensor the caller may modify in place."""
-        index = self.relative_pos[start:end]  # (q, Nk); only ever broadcast over batch and heads
+    def block(self, queries: slice, keys: slice) -> torch.Tensor:
+        """Bias of a block of query rows and key columns: (B, nh, q, k), a new tensor the caller may modify in place."""
         bias = None
         if self.c2p_table is not None:
-            c2p_rows = self.c2p_table[:, :, start:end]
+            index = relative_index(self.relative_lookup, self.key_size, queries, keys)  # (q, k)
+            c2p_rows = self.c2p_table[:, :, queries]
             bias = torch.gather(c2p_rows, -1, index.expand(*c2p_rows.shape[:2], *index.shape))
         if self.p2c_table is not None:
-            # Gathered along P2C's rows, (Nk, q), then transposed: on CPU this is 1.7x faster than gathering a
-            # transposed (2k, Nk) table along its first axis, whose reads jump between rows. The index is made
-            # contiguous per block (0.4 ms at 256 x 2048) because gather reads a strided index slowly.
-            index_t = index.transpose(0, 1).contiguous()  # (Nk, q)
-            table = self.p2c_table
+            # Gathered along P2C's rows, (k, q), then transposed: on CPU this is 1.7x faster than gathering a
+            # transposed (2k, Nk) table along its first axis, whose reads jump between rows.
+            index_t = relative_index(self.relative_lookup, self.key_size, queries, keys, keys_first=True)  # (k, q)
+            table = self.p2c_table[:, :, keys]
             p2c = torch.gather(table, -1, index_t.expand(*table.shape[:2], *index_t.shape)).transpose(-1, -2)
             bias = p2c.contiguous() if bias is None else bias.add_(p2c)
         return bias
 
-    def full(self) -> torch.Tensor:
-        return self.rows(0, self.relative_pos.shape[0])
+    def full(self, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, nh, Nq, Nk); with a bool `attention_mask` (True = attend), masked entries hold the dtype minimum,
+        written in place: the mask costs no second (B, nh, Nq, Nk) tensor."""
+        query_size = self.relative_lookup.shape[0] - self.key_size + 1
+        bias = self.block(slice(0, query_size), slice(0, self.key_size))
+        if attention_mask is not None:
+            bias = bias.masked_fill_(~attention_mask, torch.finfo(bias.dtype).min)
+        return bias
+
+    def far_columns(self) -> tuple[torch.Tensor | None, ...]:
+        """The far field's per-query and per-key scalars, (B, nh, N, 1) each: beyond `far_distance` the score of
+        query i and key j is q_i·k_j + c_i + p_j, with (c, p) = (C2P[:, last], P2C[:, last]) for keys on the
+        left (i - j large) and (C2P[:, first], P2C[:, first]) for keys on the right. None for an absent term."""
+        left, right = self.relative_lookup[-1:], self.relative_lookup[:1]  # delta at i - j = Nq - 1 and 1 - Nk
+        columns = []
+        for table in (self.c2p_table, self.p2c_table):
+            columns += [None, None] if table is None else [table.index_select(-1, left), table.index_select(-1, right)]
+        return tuple(columns)  # c_left, c_right, p_left, p_right
 
     def score_mod(self, attention_mask: torch.Tensor | None, min_value: float) -> Callable:
         """flex_attention's score_mod: the score of (b, h, q, kv) plus its c2p and p2c entries, then the mask."""
-        c2p_table, p2c_table, relative_pos = self.c2p_table, self.p2c_table, self.relative_pos
+        c2p_table, p2c_table, lookup = self.c2p_table, self.p2c_table, self.relative_lookup
+        offset = self.key_size - 1
 
         def score_mod(score, b, h, q_idx, kv_idx):
-            delta = relative_pos[q_idx, kv_idx]
+            delta = lookup[q_idx - kv_idx + offset]
             if c2p_table is not None:
                 score = score + c2p_table[b, h, q_idx, delta]
             if p2c_table is not None:
@@ -175,6 +217,21 @@ class DisentangledBias:
             return score
 
         return score_mod
+
+
+def far_field_distance(config: DebertaLiteConfig) -> int:
+    """The distance from which every query-key pair reads the first or the last row of the relative table.
+
+    delta is monotone in i - j and clamped, so past the first distance that reaches the last row (and, on the other
+    side, the first row) nothing changes. 511 for DeBERTa-v3 (256 log buckets over 512 positions), k without buckets.
+    """
+    with torch.device("cpu"):  # also when the model is built on the meta device (from_pretrained)
+        reach = 2 * max(config.att_span, config.effective_max_relative_positions) + 2
+        lookup = build_relative_lookup(reach, reach, config, torch.device("cpu"))  # distance r at lookup[r + reach - 1]
+        last, first = int(lookup[-1]), int(lookup[0])
+        left = int((lookup[reach - 1 :] != last).sum())  # distances 0, 1, ... before the last row is reached
+        right = int((lookup[: reach - 1].flip(0) != first).sum()) + 1  # distances 1, 2, ...
+    return max(left, right)
 
 
 def chunked_attention_forward(
@@ -192,15 +249,20 @@ def chunked_attention_forward(
     """Memory-lean exact attention: SDPA over blocks of query rows, each with its own slice of the bias.
 
     Nothing of size (B, nh, N, N) exists: each block's bias is built from the (N, 2k) tables. In training every
-    block is checkpointed, so its bias and scores are recomputed in the backward pass instead of kept.
+    block is checkpointed, so its bias and scores are recomputed in the backward pass instead of kept. Without
+    gradients, inputs longer than the relative table's reach take the far field (`FarField`) for the keys beyond it.
     `attention_chunk_size` (a forward keyword argument) sets the rows per block.
     """
-    query_len = query.shape[2]
+    query_len, key_len = query.shape[2], key.shape[2]
     min_value = torch.finfo(query.dtype).min
     masked_out = None if attention_mask is None else ~attention_mask  # inverted once, not per block
+    training = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    far_field = None
+    if not training and dropout == 0 and key_len > disentangled_bias.far_distance + attention_chunk_size - 1:
+        far_field = FarField(query, key, value, attention_mask, scaling, disentangled_bias)
 
     def block(query_rows: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        bias = disentangled_bias.rows(start, end).to(query_rows.dtype)  # (B, nh, q, Nk)
+        bias = disentangled_bias.block(slice(start, end), slice(0, key_len)).to(query_rows.dtype)  # (B, nh, q, Nk)
         if masked_out is not None:
             bias = bias.masked_fill_(masked_out[:, :, start:end], min_value)
         return nn.functional.scaled_dot_product_attention(
@@ -211,11 +273,104 @@ def chunked_attention_forward(
     for start in range(0, query_len, attention_chunk_size):
         end = min(start + attention_chunk_size, query_len)
         rows = query[:, :, start:end]
-        if torch.is_grad_enabled() and (rows.requires_grad or key.requires_grad or value.requires_grad):
+        if far_field is not None:
+            outputs.append(far_field.block(start, end))
+        elif training:
             outputs.append(checkpoint(block, rows, start, end, use_reentrant=False))
         else:
             outputs.append(block(rows, start, end))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (B, Nq, nh, d)
+
+
+class FarField:
+    """Exact attention for long inputs at close to plain attention's cost, without gradients.
+
+    For keys at least `far_distance` away, delta is the first or the last row of the tables, so the score is
+    q_i·k_j·s + c_i + p_j: a plain dot product once Q gets the columns [c, 1] and K the columns [1, p], one pair for
+    the keys on the left and one for the keys on the right. A block of query rows then runs three softmax parts: the
+    band of keys within reach with the explicit bias, and the far keys on each side through a plain fused kernel on
+    the extended Q and K. The parts merge exactly through their log-sum-exp.
+    """
+
+    def __init__(self, query, key, value, attention_mask, scaling: float, disentangled_bias: DisentangledBias):
+        self.query, self.key, self.value, self.scaling = query, key, value, scaling
+        self.bias = disentangled_bias
+        self.min_value = torch.finfo(query.dtype).min
+        self.masked_out = None if attention_mask is None else ~attention_mask
+        head_dim = query.shape[-1]
+        c_left, c_right, p_left, p_right = disentangled_bias.far_columns()
+        # Fused CPU kernels run whole SIMD vectors: Q, K and V are padded with zero columns to a multiple of 8.
+        width = head_dim + (c_left is not None) + (p_left is not None)
+        width += -width % 8
+
+        def extend(base: torch.Tensor, *columns: torch.Tensor | None) -> torch.Tensor:
+            parts = [base] + [column.to(base.dtype) for column in columns if column is not None]
+            padding = width - sum(part.shape[-1] for part in parts)
+            return torch.cat([*parts, base.new_zeros(*base.shape[:-1], padding)], dim=-1)
+
+        scaled = query * scaling
+        query_ones = query.new_ones(*query.shape[:-1], 1) if p_left is not None else None
+        key_ones = key.new_ones(*key.shape[:-1], 1) if c_left is not None else None
+        self.query_left, self.query_right = extend(scaled, c_left, query_ones), extend(scaled, c_right, query_ones)
+        self.key_left, self.key_right = extend(key, key_ones, p_left), extend(key, key_ones, p_right)
+        self.value_extended = extend(value)
+        self.head_dim = head_dim
+        if attention_mask is not None:
+            # A real query's row of DeBERTa's pair mask is the key mask; padded queries (whole row masked) are set
+            # afterwards to what a fully masked softmax gives: the mean of every value.
+            self.key_bias = torch.zeros(
+                attention_mask.shape[0], 1, 1, key.shape[2], dtype=query.dtype, device=query.device
+            )
+            self.key_bias.masked_fill_(~attention_mask.any(dim=-2, keepdim=True), self.min_value)
+            self.query_kept = attention_mask.any(dim=-1, keepdim=True)  # (B, 1, Nq, 1)
+            self.value_mean = value.mean(dim=-2, keepdim=True)
+
+    def block(self, start: int, end: int) -> torch.Tensor:
+        """Output of query rows [start, end): (B, nh, q, d)."""
+        key_len, reach = self.key.shape[2], self.bias.far_distance
+        low, high = max(0, start - reach + 1), min(key_len, end - 1 + reach)  # keys outside [low, high) are far
+        rows, band = slice(start, end), slice(low, high)
+        bias = self.bias.block(rows, band).to(self.query.dtype)
+        if self.masked_out is not None:
+            bias = bias.masked_fill_(self.masked_out[:, :, rows, band], self.min_value)
+        parts = [
+            attention_with_lse(self.query[:, :, rows], self.key[:, :, band], self.value[:, :, band], bias, self.scaling)
+        ]
+        for far, query, key in (
+            (slice(0, low), self.query_left, self.key_left),
+            (slice(high, key_len), self.query_right, self.key_right),
+        ):
+            if far.stop > far.start:
+                key_bias = None if self.masked_out is None else self.key_bias[..., far]
+                output, lse = attention_with_lse(
+                    query[:, :, rows], key[:, :, far], self.value_extended[:, :, far], key_bias, 1.0
+                )
+                parts.append((output[..., : self.head_dim], lse))
+        lse = torch.logsumexp(torch.stack([part_lse for _, part_lse in parts]), dim=0)
+        output = sum(part * torch.exp(part_lse - lse).unsqueeze(-1) for part, part_lse in parts).to(self.query.dtype)
+        if self.masked_out is not None:
+            output = torch.where(self.query_kept[:, :, rows], output, self.value_mean)
+        return output
+
+
+# torch's fused CPU attention that also returns the log-sum-exp: a private aten op (public SDPA calls it on CPUs),
+# looked up once so that a torch release without it falls back to explicit scores.
+CPU_FLASH_WITH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention (B, nh, q, d) and the fp32 log-sum-exp of each row's scores (B, nh, q), to merge partial
+    softmaxes. Fused on a CPU; elsewhere the same numbers come from explicit scores."""
+    if query.device.type == "cpu" and CPU_FLASH_WITH_LSE is not None:
+        output, lse = CPU_FLASH_WITH_LSE(query, key, value, attn_mask=bias, scale=scale)
+        return output, lse.float()
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
+    if bias is not None:
+        scores = scores + bias
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.matmul(torch.exp(scores - lse.unsqueeze(-1)).to(value.dtype), value), lse
 
 
 def flex_attention_forward(

@@ -3,10 +3,11 @@
 Numerically the same model as transformers' DebertaV2 (`transformers/models/deberta_v2`), and its checkpoints load
 directly. Where each piece of the math lives:
 
-- attention.py: relative positions (log buckets, the (N, N) relative index delta shared by every layer, the rows of
-  the relative table an input can reach), `DisentangledBias` (c2p and p2c looked up in (N, 2k) tables), and the
-  kernels: `eager` (the specification), `sdpa`, `deberta_chunked` (memory-lean, the default from 1024 tokens) and
-  `deberta_flex` (flex_attention, for GPUs), all with one signature.
+- attention.py: relative positions (log buckets, the relative index delta as a lookup by distance shared by every
+  layer, the rows of the relative table an input can reach), `DisentangledBias` (c2p and p2c looked up in (N, 2k)
+  tables), and the kernels: `eager` (the specification), `sdpa`, `deberta_chunked` (memory-lean, the default from
+  1024 tokens; with the far field for long inputs at inference) and `deberta_flex` (flex_attention, for GPUs), all
+  with one signature.
 - this file, top to bottom: embeddings -> attention (projections, the C2P/P2C tables, the kernel call) -> layer
   (post-LN, the v2 convolution after the first one) -> encoder and pretrained base (DebertaV2 names renamed on load)
   -> masked LM with the enhanced mask decoder -> task heads.
@@ -15,7 +16,8 @@ How it differs from DebertaV2 in how it computes, not in what:
 
 - Relative positions are bucketed once per forward, not once per layer, and only reachable table rows are projected.
 - c2p and p2c are (N, 2k) tables per head, scaled before the lookup, and become an additive bias through a gather
-  with an (N, N) index that is only ever broadcast. The relative-table projections are not repeated over the batch.
+  with an index built from a (2N - 1,) lookup by distance, only ever broadcast. The relative-table projections are
+  not repeated over the batch. Beyond the table's reach a score is a plain dot product (the far field).
 - The attention kernel is a runtime choice through transformers' `AttentionInterface`.
 - The absolute position table exists only in a model that reads it: the input (`position_biased_input`) or the
   masked LM's enhanced mask decoder.
@@ -63,8 +65,9 @@ from .attention import (
     TABLE_KERNELS,
     DisentangledBias,
     bucket_reach,
-    build_relative_position,
+    build_relative_lookup,
     eager_attention_forward,
+    far_field_distance,
     kernel_for_length,
     pair_attention_mask,
     reachable_rows,
@@ -191,6 +194,7 @@ class DebertaLiteAttention(nn.Module):
                 self.pos_query_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.output = DebertaLiteSublayerOutput(config, config.hidden_size)
+        self.far_distance = far_field_distance(config)
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
         return states.view(*states.shape[:-1], self.num_heads, self.head_dim).transpose(-3, -2)  # (..., nh, N, d)
@@ -199,7 +203,7 @@ class DebertaLiteAttention(nn.Module):
         self,
         query: torch.Tensor,
         key: torch.Tensor,
-        relative_pos: torch.LongTensor,
+        relative_lookup: torch.LongTensor,
         rel_embeddings: torch.Tensor,
     ) -> DisentangledBias:
         """The (N, 2k) tables C2P = Qc·Krᵀ and P2C = Kc·Qrᵀ, divided by sqrt(d·s) before any lookup."""
@@ -212,13 +216,13 @@ class DebertaLiteAttention(nn.Module):
         if "p2c" in self.pos_att_type:
             pos_query = (self.query_proj if self.share_att_key else self.pos_query_proj)(rel_embeddings) * self.scaling
             p2c = torch.matmul(key, self._heads(pos_query).transpose(-1, -2))  # (B, nh, Nk, 2k)
-        return DisentangledBias(c2p, p2c, relative_pos)
+        return DisentangledBias(c2p, p2c, relative_lookup, key.shape[2], self.far_distance)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        relative_pos: torch.LongTensor,
+        relative_lookup: torch.LongTensor,
         rel_embeddings: torch.Tensor,
         query_states: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -228,11 +232,14 @@ class DebertaLiteAttention(nn.Module):
         query = self._heads(self.query_proj(query_states))  # (B, nh, Nq, d)
         key = self._heads(self.key_proj(hidden_states))  # (B, nh, Nk, d)
         value = self._heads(self.value_proj(hidden_states))  # (B, nh, Nk, d)
-        bias = self.disentangled_bias(query, key, relative_pos, rel_embeddings)
+        bias = self.disentangled_bias(query, key, relative_lookup, rel_embeddings)
         implementation = kernel_for_length(attention_implementation(self.config), query.shape[2])
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         if implementation in TABLE_KERNELS:
             kwargs["disentangled_bias"] = bias
+        elif implementation == "sdpa":  # the mask goes into the bias in place: one (B, nh, N, N) tensor, not two
+            kwargs["position_bias"] = bias.full(attention_mask)
+            attention_mask = None
         else:
             kwargs["position_bias"] = bias.full()
         attn_output, attn_weights = attention_interface(
@@ -290,7 +297,7 @@ class DebertaLiteLayer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        relative_pos: torch.LongTensor,
+        relative_lookup: torch.LongTensor,
         rel_embeddings: torch.Tensor,
         query_states: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
@@ -299,7 +306,7 @@ class DebertaLiteLayer(GradientCheckpointingLayer):
         """`query_states` (the EMD's queries) comes positionally: reentrant checkpointing only replays positional
         tensors, and a query passed by keyword would be backpropagated through twice."""
         attn_output, _ = self.attention(
-            hidden_states, attention_mask, relative_pos, rel_embeddings, query_states, **kwargs
+            hidden_states, attention_mask, relative_lookup, rel_embeddings, query_states, **kwargs
         )
         layer_output = self.output(self.intermediate(attn_output), residual=attn_output)
         # The EMD's query passes reuse the block but not the convolution, which the original applies in its encoder
@@ -460,16 +467,16 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         self.embeddings.word_embeddings = value
 
     def relative_inputs(self, seq_len: int, device: torch.device) -> tuple[torch.LongTensor, torch.Tensor]:
-        """The relative index (N, N) and the rows of the relative table it can reach, the index shifted onto them.
+        """The relative lookup (2N - 1,) and the rows of the relative table it can reach, the lookup shifted onto them.
 
         The table is normalised once per forward (v2/v3), here, not per layer.
         """
         first, last = reachable_rows(seq_len, self.config, self.relative_reach)
-        relative_pos = build_relative_position(seq_len, seq_len, self.config, device) - first
+        relative_lookup = build_relative_lookup(seq_len, seq_len, self.config, device) - first
         rel_embeddings = self.rel_embeddings.weight[first : last + 1]  # (rows, H)
         if self.rel_norm is not None:
             rel_embeddings = self.rel_norm(rel_embeddings)
-        return relative_pos, rel_embeddings
+        return relative_lookup, rel_embeddings
 
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
         """Clear errors for bad input, before an index error deep inside an embedding or a gather."""
@@ -522,11 +529,11 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
         hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids, attention_mask)
         seq_len = hidden_states.shape[1]
-        relative_pos, rel_embeddings = self.relative_inputs(seq_len, hidden_states.device)
+        relative_lookup, rel_embeddings = self.relative_inputs(seq_len, hidden_states.device)
         pair_mask = pair_attention_mask(attention_mask)  # (B, 1, N, N)
         for layer in self.layers:
             hidden_states = layer(
-                hidden_states, pair_mask, relative_pos, rel_embeddings, padding_mask=attention_mask, **kwargs
+                hidden_states, pair_mask, relative_lookup, rel_embeddings, padding_mask=attention_mask, **kwargs
             )
         return BaseModelOutput(last_hidden_state=hidden_states)
 
@@ -604,14 +611,14 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         absolute = embeddings.position_embeddings(position_ids)  # raw rows, not layer-normed
         if embeddings.embed_proj is not None:  # the table is embedding_size wide
             absolute = embeddings.embed_proj(absolute)
-        relative_pos, rel_embeddings = self.deberta.relative_inputs(seq_len, hidden_states.device)
+        relative_lookup, rel_embeddings = self.deberta.relative_inputs(seq_len, hidden_states.device)
         pair_mask = pair_attention_mask(attention_mask)
         last_layer = self.deberta.layers[-1]
         query_states = hidden_states + absolute
         with outside_output_capture():  # the layer's capture hooks fire, but nothing collects here
             for _ in range(self.config.emd_num_layers):
                 query_states = last_layer(
-                    hidden_states, pair_mask, relative_pos, rel_embeddings, query_states, padding_mask=attention_mask
+                    hidden_states, pair_mask, relative_lookup, rel_embeddings, query_states, padding_mask=attention_mask
                 )
         return query_states
 

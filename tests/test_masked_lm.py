@@ -36,6 +36,9 @@ def independent_emd_logits(model, input_ids, attention_mask):
     span = config.position_buckets
     relative = v2_relative_position(hidden, hidden, config.position_buckets, config.max_relative_positions)[0]
     relative = torch.clamp(relative + span, 0, 2 * span - 1)
+    # The layers read the index as a lookup by distance i - j (it is Toeplitz): the first row reversed, then the
+    # first column.
+    relative = torch.cat([relative[0].flip(0), relative[1:, 0]])
     rel_embeddings = encoder.rel_norm(encoder.rel_embeddings.weight)
     keep = attention_mask.bool()
     pair_mask = keep[:, None, :, None] & keep[:, None, None, :]

@@ -9,6 +9,7 @@ tests/test_masked_lm.py's; torch.compile is tests/test_compile.py's.
 import pytest
 import torch
 from torch.testing import assert_close
+from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position as v2_relative_position
 from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position as v2_log_bucket
 
 from deberta_lite import (
@@ -18,10 +19,11 @@ from deberta_lite import (
     DebertaLiteForTokenClassification,
     DebertaLiteModel,
 )
-from deberta_lite.attention import build_relative_position, make_log_bucket_position
+from deberta_lite.attention import build_relative_lookup, far_field_distance, make_log_bucket_position, relative_index
 
 from helpers import (
     assert_close_by_name,
+    full_relative_index,
     gradients,
     padded_batch,
     padded_inputs,
@@ -70,9 +72,51 @@ def test_log_buckets_match_debertav2_everywhere():
 
 def test_relative_index_is_clamped_bucket_plus_span():
     config = tiny_config(position_buckets=-1, max_relative_positions=4)
-    index = build_relative_position(6, 6, config, torch.device("cpu"))
+    index = full_relative_index(6, 6, config)
     expected = torch.tensor([[min(max(i - j + 4, 0), 7) for j in range(6)] for i in range(6)])
     assert torch.equal(index, expected)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, dict(position_buckets=-1, max_relative_positions=20), dict(position_buckets=256, max_relative_positions=512)],
+)
+@pytest.mark.parametrize("query_size, key_size", [(7, 7), (5, 9), (9, 5), (700, 700)])
+def test_relative_index_equals_debertav2(overrides, query_size, key_size):
+    config = tiny_config(**overrides)
+    span = config.att_span
+    relative = v2_relative_position(
+        torch.zeros(1, query_size, 1),
+        torch.zeros(1, key_size, 1),
+        bucket_size=config.position_buckets,
+        max_position=config.effective_max_relative_positions,
+    )[0]
+    expected = torch.clamp(relative + span, 0, 2 * span - 1)
+    assert torch.equal(full_relative_index(query_size, key_size, config), expected)
+    lookup = build_relative_lookup(query_size, key_size, config, torch.device("cpu"))
+    block = relative_index(lookup, key_size, slice(2, 4), slice(1, 5), keys_first=True)
+    assert torch.equal(block, expected[2:4, 1:5].T)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({}, None),
+        (dict(position_buckets=-1, max_relative_positions=20), 20),
+        (dict(position_buckets=256, max_relative_positions=512), 512),  # DeBERTa-v3
+    ],
+)
+def test_far_field_distance_is_where_the_index_stops_changing(overrides, expected):
+    config = tiny_config(**overrides)
+    distance = far_field_distance(config)
+    if expected is not None:
+        assert distance == expected
+    index = full_relative_index(3000, 3000, config)
+    first, last = 0, 2 * config.att_span - 1
+    i, j = torch.meshgrid(torch.arange(3000), torch.arange(3000), indexing="ij")
+    assert bool((index[i - j >= distance] == last).all()) and bool((index[j - i >= distance] == first).all())
+    nearer = index[(i - j).abs() == distance - 1]
+    assert not bool(((nearer == first) | (nearer == last)).all())  # one step nearer, some pair still varies
 
 
 # ---------------------------------------------------------------- attention backends
@@ -314,9 +358,9 @@ def test_default_backend_switches_to_the_chunked_kernel_for_long_inputs(monkeypa
     calls = []
     original = attention.DisentangledBias.full
 
-    def counting_full(self):
-        calls.append(self.relative_pos.shape)
-        return original(self)
+    def counting_full(self, *args):
+        calls.append(self.key_size)
+        return original(self, *args)
 
     monkeypatch.setattr(attention.DisentangledBias, "full", counting_full)
     model = DebertaLiteModel(tiny_config()).eval()  # sdpa by default
@@ -332,6 +376,54 @@ def test_default_backend_switches_to_the_chunked_kernel_for_long_inputs(monkeypa
     eager = model(input_ids, attention_mask=attention_mask).last_hidden_state
     keep = attention_mask.bool()
     assert_close(long_output[keep], eager[keep], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_far_field_equals_eager(variant, monkeypatch):
+    """At inference, keys beyond the relative table's reach go through plain attention on an extended Q and K,
+    merged with the band's softmax: equal to eager at every position (padded ones too), left and right padding."""
+    from deberta_lite import attention
+
+    blocks, original = [], attention.FarField.block
+
+    def counting_block(self, start, end):
+        blocks.append((start, end))
+        return original(self, start, end)
+
+    monkeypatch.setattr(attention.FarField, "block", counting_block)
+    config = tiny_config(**VARIANTS[variant])
+    model = DebertaLiteModel(config).eval()
+    length = 60  # > far distance + chunk: every block has far keys on one side at least
+    assert length > model.layers[0].attention.far_distance + 4
+    input_ids = torch.randint(3, 100, (3, length), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 41:] = 0  # right padding
+    attention_mask[2, :23] = 0  # left padding
+    states = {}
+    for backend in ("eager", "deberta_chunked"):
+        model.set_attn_implementation(backend)
+        with torch.no_grad():
+            out = model(input_ids, attention_mask=attention_mask, attention_chunk_size=4, output_hidden_states=True)
+        states[backend] = out.hidden_states
+    assert len(blocks) == config.num_hidden_layers * 15
+    for eager, far in zip(states["eager"], states["deberta_chunked"], strict=True):
+        assert_close(far, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_and_explicit_attention_with_lse_agree(monkeypatch):
+    from deberta_lite import attention
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 3, n, 8, generator=generator) for n in (5, 7, 7))
+    bias = torch.randn(2, 1, 5, 7, generator=generator)
+    fused = attention.attention_with_lse(query, key, value, bias, 0.3)
+    monkeypatch.setattr(attention, "CPU_FLASH_WITH_LSE", None)
+    explicit = attention.attention_with_lse(query, key, value, bias, 0.3)
+    reference = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=0.3)
+    assert_close(explicit[0], reference, atol=1e-6, rtol=1e-6)
+    assert_close(explicit[1], torch.logsumexp(query @ key.transpose(-1, -2) * 0.3 + bias, -1), atol=1e-6, rtol=1e-6)
+    assert_close(fused[0], explicit[0], atol=1e-6, rtol=1e-6)
+    assert_close(fused[1], explicit[1], atol=1e-6, rtol=1e-6)
 
 
 def test_bf16_forward_and_backward_at_4096_stay_finite():
@@ -397,5 +489,5 @@ def test_reachable_rows_are_exactly_the_rows_the_index_uses(overrides, length):
     from deberta_lite.attention import bucket_reach, reachable_rows
 
     config = tiny_config(**overrides)
-    index = build_relative_position(length, length, config, torch.device("cpu"))
+    index = full_relative_index(length, length, config)
     assert reachable_rows(length, config, bucket_reach(config)) == (int(index.min()), int(index.max()))

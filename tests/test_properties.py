@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deberta_lite import DebertaLiteModel
-from deberta_lite.attention import build_relative_position, make_log_bucket_position
+from deberta_lite.attention import make_log_bucket_position
 from deberta_lite.masking import DataCollatorForDebertaMLM
 
-from helpers import tiny_config
+from helpers import full_relative_index, tiny_config
 
 
 PROPERTIES = settings(derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -58,7 +58,7 @@ def test_buckets_are_exact_near_and_monotone_in_distance(setting):
 def test_relative_index_stays_inside_the_table(query_size, key_size, setting):
     buckets, max_relative = setting
     config = tiny_config(position_buckets=buckets, max_relative_positions=max_relative)
-    index = build_relative_position(query_size, key_size, config, torch.device("cpu"))
+    index = full_relative_index(query_size, key_size, config)
     assert index.shape == (query_size, key_size)
     assert int(index.min()) >= 0 and int(index.max()) < 2 * config.att_span
     # The diagonal (distance 0) reads row k, the table's centre, for every bucketing.
