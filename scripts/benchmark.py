@@ -609,7 +609,7 @@ class LayerShapes:
 def classify_events(events, shapes: LayerShapes) -> list[tuple[object, str, bool]]:
     """(event, category, is_backward) for every profiler event, by the rules of the module docstring."""
     events = sorted(events, key=lambda event: event.time_range.start)  # parents before their children
-    category, backward, by_sequence = {}, {}, {}
+    category, backward, in_attention, by_sequence = {}, {}, {}, {}
 
     def is_node(event) -> bool:  # an autograd node or its engine wrapper (both carry the node's sequence number)
         return backward[id(event)] and not event.name.startswith("aten::") and event.sequence_nr >= 0
@@ -618,9 +618,10 @@ def classify_events(events, shapes: LayerShapes) -> list[tuple[object, str, bool
         parent = event.cpu_parent
         backward[id(event)] = event.name.startswith(BACKWARD_MARK) or (parent is not None and backward[id(parent)])
         recomputed = backward[id(event)] and event.name.startswith("aten::") and event.sequence_nr >= 0
-        found = None
-        if is_attention_kernel(event.name) or (parent is not None and category[id(parent)] == "attention kernel"):
-            found = "attention kernel"
+        # By name, not by the parent's category: a checkpointed block's forward, recomputed under a backward node that
+        # mirrors an attention op, is not itself attention.
+        in_attention[id(event)] = is_attention_kernel(event.name) or (parent is not None and in_attention[id(parent)])
+        found = "attention kernel" if in_attention[id(event)] else None
         if found is None and backward[id(event)] and not recomputed:
             node = event
             while node is not None and not is_node(node):

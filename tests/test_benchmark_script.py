@@ -186,3 +186,25 @@ def test_profile_of_one_layer(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "### DeBERTa-lite layer, 2x48, one training step (49 relative rows)" in out
     assert "| attention kernel (_scaled_dot_product_attention_math" in out
+
+
+def test_profile_recomputed_blocks_keep_their_categories():
+    """The chunked kernel checkpoints its blocks: their gathers run again in the backward pass, under autograd nodes
+    that mirror attention ops, and still count as gathers."""
+    benchmark = load_script("benchmark")
+    config = benchmark.load_config("tiny")
+    model = DebertaLiteModel(config)
+    model.set_attn_implementation("deberta_chunked")
+    layer = model.layers[0].train()
+    hidden_states = torch.randn(2, 48, config.hidden_size, requires_grad=True)
+    relative, rel_embeddings = model.relative_inputs(48, hidden_states.device)
+    with torch.profiler.profile(record_shapes=True) as profiler:
+        layer(hidden_states, None, relative, rel_embeddings.detach()).sum().backward()
+    shapes = benchmark.LayerShapes(2, 48, config, rel_embeddings.shape[0])
+    gathers = [
+        (category, backward)
+        for event, category, backward in benchmark.classify_events(profiler.events(), shapes)
+        if event.name == "aten::gather"
+    ]
+    assert {backward for _, backward in gathers} == {False, True}  # run in the forward pass and recomputed
+    assert {category for category, _ in gathers} == {"index/gather"}
