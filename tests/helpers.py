@@ -197,10 +197,16 @@ def gradients(model) -> dict[str, torch.Tensor]:
 
 
 def states_and_gradients(model, inputs: dict) -> tuple:
-    """Every hidden state of an encoder, and the gradients of a loss over the real tokens' last hidden states."""
+    """Every hidden state of an encoder, and the gradients of a loss over the real tokens' last hidden states.
+
+    The loss is a fixed random readout: a sum of squares of a LayerNorm's output is nearly constant, so its gradients
+    below that LayerNorm would be rounding noise that any two kernels match.
+    """
     model.zero_grad()
     out = model(**inputs, output_hidden_states=True)
-    (out.last_hidden_state * inputs["attention_mask"][..., None]).pow(2).sum().backward()
+    last = out.last_hidden_state
+    readout = torch.randn(last.shape, generator=torch.Generator().manual_seed(0), dtype=last.dtype)
+    (last * inputs["attention_mask"][..., None] * readout).sum().backward()
     return out.hidden_states, gradients(model)
 
 
