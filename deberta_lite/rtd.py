@@ -258,6 +258,12 @@ class ReplacedTokenDetectionModel(nn.Module):
             rtd_labels=rtd_labels,
         )
 
+    def tie_weights(self):
+        """Tie the generator's decoder to its token embeddings again, after code that makes new parameters:
+        accelerate's FSDP2 preparation moves the model to the meta device, which unties them, then calls this. The
+        shared and GDES tables need nothing: they hold the generator's embedding modules, not its tensors."""
+        self.generator.tie_weights()
+
     def activation_checkpointing_enable(self, **kwargs):
         """Trainer's `--activation_checkpointing`, for both models."""
         self.generator.activation_checkpointing_enable(**kwargs)

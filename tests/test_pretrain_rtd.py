@@ -192,6 +192,24 @@ def test_continuing_from_a_run_restores_both_models(rtd_run, tokenizer_dir):
     )
 
 
+@pytest.mark.parametrize("sharing", ["gdes", "shared"])
+def test_tie_weights_after_a_move_to_the_meta_device_keeps_every_table_shared(tokenizer_dir, sharing):
+    """accelerate's FSDP2 preparation (with fsdp_cpu_ram_efficient_loading, as configs/accelerate/fsdp.yaml sets it)
+    takes the full state dict, moves the model to the meta device, which unties tied parameters, calls tie_weights,
+    shards, and then needs every key of the sharded model's state dict in the full one."""
+    model = build_rtd_model(
+        AutoTokenizer.from_pretrained(tokenizer_dir),
+        embedding_sharing=sharing,
+        config_name=str(ROOT / "configs" / "tiny.json"),
+    )
+    keys = model.state_dict().keys()
+    model.to("meta")
+    model.tie_weights()
+    assert model.state_dict().keys() == keys
+    generator = model.generator
+    assert generator.lm_head.decoder.weight is generator.deberta.embeddings.word_embeddings.weight
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tokenizer_dir, tmp_path_factory):
     """The output_dir of a run of resumable_run_args's 6 steps, logged at every step."""
