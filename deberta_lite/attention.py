@@ -58,18 +58,18 @@ def build_relative_lookup(
 
 
 def relative_index(
-    lookup: torch.LongTensor, key_size: int, queries: slice, keys: slice, keys_first: bool = False
+    lookup: torch.LongTensor, key_size: int, query_positions: torch.LongTensor, keys: slice, keys_first: bool = False
 ) -> torch.LongTensor:
-    """delta(i, j) for the query rows and key columns given as slices: (q, k), or (k, q) with `keys_first`.
+    """delta(i, j) for queries at `query_positions` (..., q) and the key columns `keys`: (..., q, k), or (..., k, q)
+    with `keys_first`.
 
     `lookup` is `build_relative_lookup(query_size, key_size, ...)`. Building the transposed block directly gives the
     contiguous (k, q) index that a gather along the key axis reads fast.
     """
-    rows = torch.arange(queries.start, queries.stop, device=lookup.device)
     columns = torch.arange(keys.start, keys.stop, device=lookup.device) - (key_size - 1)
     if keys_first:
-        return lookup[rows[None, :] - columns[:, None]]
-    return lookup[rows[:, None] - columns[None, :]]
+        return lookup[query_positions.unsqueeze(-2) - columns[:, None]]
+    return lookup[query_positions.unsqueeze(-1) - columns]
 
 
 def bucket_reach(config: DebertaLiteConfig) -> tuple[int, ...]:
@@ -156,37 +156,54 @@ class DisentangledBias:
         c2p_table: torch.Tensor | None,
         p2c_table: torch.Tensor | None,
         relative_lookup: torch.LongTensor,
+        query_positions: torch.LongTensor,
         key_size: int,
         far_distance: int,
     ):
         self.c2p_table = c2p_table  # (B, nh, Nq, rows)
         self.p2c_table = p2c_table  # (B, nh, Nk, rows)
-        self.relative_lookup = relative_lookup  # (Nq + Nk - 1,), see build_relative_lookup
+        self.relative_lookup = relative_lookup  # see build_relative_lookup
+        # (Nq,) = arange(Nq) for self-attention; (B, Nq) for queries at chosen positions (the masked-only decoder).
+        self.query_positions = query_positions
         self.key_size = key_size
         # From this distance on, every query-key pair reads the first or the last row of the tables.
         self.far_distance = far_distance
 
     def block(self, queries: slice, keys: slice) -> torch.Tensor:
         """Bias of a block of query rows and key columns: (B, nh, q, k), a new tensor the caller may modify in place."""
+        positions = self.query_positions[..., queries]
         bias = None
         if self.c2p_table is not None:
-            index = relative_index(self.relative_lookup, self.key_size, queries, keys)  # (q, k)
+            index = relative_index(self.relative_lookup, self.key_size, positions, keys)  # ([B,] q, k)
             c2p_rows = self.c2p_table[:, :, queries]
-            bias = torch.gather(c2p_rows, -1, index.expand(*c2p_rows.shape[:2], *index.shape))
+            bias = torch.gather(c2p_rows, -1, per_head(index).expand(*c2p_rows.shape[:2], *index.shape[-2:]))
         if self.p2c_table is not None:
             # Gathered along P2C's rows, (k, q), then transposed: on CPU this is 1.7x faster than gathering a
             # transposed (2k, Nk) table along its first axis, whose reads jump between rows.
-            index_t = relative_index(self.relative_lookup, self.key_size, queries, keys, keys_first=True)  # (k, q)
+            index_t = relative_index(self.relative_lookup, self.key_size, positions, keys, keys_first=True)
             table = self.p2c_table[:, :, keys]
-            p2c = torch.gather(table, -1, index_t.expand(*table.shape[:2], *index_t.shape)).transpose(-1, -2)
+            index_t = per_head(index_t).expand(*table.shape[:2], *index_t.shape[-2:])  # (B, nh, k, q)
+            p2c = torch.gather(table, -1, index_t).transpose(-1, -2)
             bias = p2c.contiguous() if bias is None else bias.add_(p2c)
         return bias
+
+    def sequence(self, tokens: slice) -> "DisentangledBias":
+        """The bias among one run of consecutive tokens (a packed batch's row), as a DisentangledBias of its own."""
+        length = tokens.stop - tokens.start
+        middle = (self.relative_lookup.shape[0] - 1) // 2  # distance 0 in the lookup of a square (N x N) index
+        return DisentangledBias(
+            None if self.c2p_table is None else self.c2p_table[:, :, tokens],
+            None if self.p2c_table is None else self.p2c_table[:, :, tokens],
+            self.relative_lookup[middle - length + 1 : middle + length],
+            torch.arange(length, device=self.relative_lookup.device),
+            length,
+            self.far_distance,
+        )
 
     def full(self, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, nh, Nq, Nk); with a bool `attention_mask` (True = attend), masked entries hold the dtype minimum,
         written in place: the mask costs no second (B, nh, Nq, Nk) tensor."""
-        query_size = self.relative_lookup.shape[0] - self.key_size + 1
-        bias = self.block(slice(0, query_size), slice(0, self.key_size))
+        bias = self.block(slice(0, self.query_positions.shape[-1]), slice(0, self.key_size))
         if attention_mask is not None:
             bias = bias.masked_fill_(~attention_mask, torch.finfo(bias.dtype).min)
         return bias
@@ -217,6 +234,11 @@ class DisentangledBias:
             return score
 
         return score_mod
+
+
+def per_head(index: torch.LongTensor) -> torch.LongTensor:
+    """An index shared by every batch row (q, k) or one per row (B, q, k), viewed so it broadcasts over heads."""
+    return index.unsqueeze(1) if index.dim() == 3 else index
 
 
 def far_field_distance(config: DebertaLiteConfig) -> int:
@@ -429,3 +451,101 @@ def kernel_for_length(implementation: str, query_len: int) -> str:
     if implementation == "sdpa" and isinstance(query_len, int) and query_len >= LEAN_ATTENTION_MIN_LENGTH:
         return "deberta_chunked"
     return implementation
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unpadded batches
+# ----------------------------------------------------------------------------------------------------------------
+
+# With `unpad_batches=None`, a batch is unpadded when at least this fraction of its positions is padding.
+UNPAD_MIN_PADDING = 0.1
+
+
+class UnpaddedBatch:
+    """A padded batch laid out as one packed sequence of its real tokens, plus one stand-in per padded row.
+
+    DeBERTa's padded rows are not idle: a padded query has every key masked, so it attends uniformly to all N
+    positions of its row, and a left-padded row's first token (the one the pooler reads) is such a query. All padded
+    positions of a row start from the same zero embedding and see the same keys, so they stay equal in every layer:
+    one stand-in token per row carries them, attending to the row's real values and, N - L times, to its own value.
+    So the packed layout computes exactly what the padded one does, on L + 1 tokens per row instead of N.
+
+    Packed order: row 0's real tokens, row 0's stand-in (if the row has padding), row 1's real tokens, ...
+    Only rows whose real tokens are one contiguous run (left or right padding) can be packed.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.batch_size, self.seq_len = attention_mask.shape
+        keep = attention_mask.bool()
+        lengths = keep.sum(dim=-1)
+        has_stand_in = lengths < self.seq_len
+        sizes = lengths + has_stand_in.long()
+        offsets = torch.cumsum(sizes, dim=0) - sizes  # packed position of each row's first token
+        self.lengths, self.has_stand_in, self.offsets = lengths.tolist(), has_stand_in.tolist(), offsets.tolist()
+        self.num_tokens = int(sizes.sum())
+        # The packed token that holds each padded-batch position: a real token (offset + its rank among the row's
+        # real tokens) or the row's stand-in (offset + length).
+        rank = torch.cumsum(keep.long(), dim=-1) - 1
+        packed = torch.where(keep, offsets[:, None] + rank, (offsets + lengths)[:, None]).flatten()  # (B * N,)
+        self.scatter_index = packed
+        # And back: a padded-batch position for each packed token. A stand-in may take any of its row's padded
+        # positions: the embeddings zero them all.
+        self.gather_index = torch.empty(self.num_tokens, dtype=torch.long, device=keep.device)
+        self.gather_index[packed] = torch.arange(packed.shape[0], device=keep.device)
+
+    @staticmethod
+    def applies(attention_mask: torch.Tensor | None, unpad_batches: bool | None) -> bool:
+        """Whether to unpad: the mask has padding in contiguous runs at the ends of rows, and unpadding is forced
+        on or the batch has at least UNPAD_MIN_PADDING padding."""
+        if attention_mask is None or unpad_batches is False:
+            return False
+        keep = attention_mask.bool()
+        padding = 1 - float(keep.float().mean())
+        if padding == 0 or (unpad_batches is None and padding < UNPAD_MIN_PADDING):
+            return False
+        # One run of real tokens per row: at most one 0 -> 1 step, counting a real first token as one.
+        steps = (keep[:, 1:] & ~keep[:, :-1]).sum(dim=-1) + keep[:, 0]
+        return bool((steps <= 1).all())
+
+    def unpad(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, N, H) -> (1, num_tokens, H)."""
+        return hidden_states.reshape(-1, hidden_states.shape[-1])[self.gather_index].unsqueeze(0)
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """(1, num_tokens, H) -> (B, N, H); padded positions get their row's stand-in."""
+        return packed[0][self.scatter_index].view(self.batch_size, self.seq_len, -1)
+
+
+def unpadded_attention(
+    kernel: Callable[[int], tuple[str, Callable]],
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bias: DisentangledBias,
+    batch: UnpaddedBatch,
+    **kwargs,
+) -> torch.Tensor:
+    """Attention over a packed batch (1, nh, tokens, d): each row's real tokens attend to each other as an unpadded
+    batch of one, with the kernel `kernel(length)` picks for their length; a stand-in takes the uniform mean over its
+    padded row. Returns (1, tokens, nh, d).
+    """
+    outputs = []
+    for offset, length, stand_in in zip(batch.offsets, batch.lengths, batch.has_stand_in, strict=True):
+        tokens = slice(offset, offset + length)
+        if length:
+            implementation, attention_interface = kernel(length)
+            row_bias = bias.sequence(tokens)
+            if implementation in TABLE_KERNELS:
+                row_kwargs = {"disentangled_bias": row_bias}
+            else:
+                row_kwargs = {"position_bias": row_bias.full()}
+            output, _ = attention_interface(
+                module, query[:, :, tokens], key[:, :, tokens], value[:, :, tokens], None, **kwargs, **row_kwargs
+            )
+            outputs.append(output)  # (1, L, nh, d)
+        if stand_in:
+            pads = batch.seq_len - length
+            mean = (value[:, :, tokens].sum(dim=2) + pads * value[:, :, offset + length]) / batch.seq_len
+            outputs.append(mean.unsqueeze(1))  # (1, 1, nh, d)
+    return torch.cat(outputs, dim=1)

@@ -1,8 +1,9 @@
-"""The two private transformers names DeBERTa-lite relies on, each behind one function.
+"""The two private transformers names DeBERTa-lite relies on, each behind the functions that use it.
 
-transformers gives models no public way to read the attention kernel a user asked for, nor to run a layer outside
-the output-capturing scope of `capture_outputs` in a way torch.compile can trace. Both are reached only here: a
-transformers release that moves either fails at import, in this file, with a message that names it.
+transformers gives models no public way to read the attention kernel a user asked for, nor to know whether
+`capture_outputs` is collecting layer outputs or to run a layer outside its scope in a way torch.compile can trace.
+Both names are reached only here: a transformers release that moves either fails at import, in this file, with a
+message that names it.
 
 This file is copied next to the weights with the modeling file that imports it (remote code).
 """
@@ -24,6 +25,12 @@ except ImportError as error:  # moved or renamed in a newer transformers
 def attention_implementation(config) -> str:
     """The attention kernel asked for with `attn_implementation=` (transformers keeps it in a private field)."""
     return config._attn_implementation
+
+
+def capturing_layer_outputs() -> bool:
+    """Whether the running forward collects hidden states or attentions (`output_hidden_states` and the like): they
+    are captured from each layer's output, which must then keep the padded (batch, sequence) layout."""
+    return bool(_active_collector.get())
 
 
 @contextmanager

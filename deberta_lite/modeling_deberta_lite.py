@@ -64,6 +64,7 @@ from transformers.utils.output_capturing import (
 from .attention import (
     TABLE_KERNELS,
     DisentangledBias,
+    UnpaddedBatch,
     bucket_reach,
     build_relative_lookup,
     eager_attention_forward,
@@ -71,14 +72,58 @@ from .attention import (
     kernel_for_length,
     pair_attention_mask,
     reachable_rows,
+    unpadded_attention,
 )
 from .configuration_deberta_lite import HEADS, DebertaLiteConfig
-from .internals import attention_implementation, outside_output_capture
+from .internals import attention_implementation, capturing_layer_outputs, outside_output_capture
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Modules, leaf first
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class InferenceCache:
+    """One value computed from some tensors, reused by later inference calls while those tensors are unchanged.
+
+    The relative table's projections depend on weights only, not on the input; a short input spends a large share
+    of its time on them (a third of the work at 128 tokens, batch 1). Reuse happens only without autograd, outside
+    torch.compile and not in training (the table has dropout). A parameter counts as unchanged while it is the same
+    object at the same version and storage (in-place updates, `load_state_dict` and device or dtype moves all
+    change one of them); an inference tensor, which cannot be modified later, by identity. Copies and pickles of a
+    model start empty.
+    """
+
+    def __init__(self):
+        self.stamp, self.value = None, None
+
+    def get(self, sources: tuple, compute: Callable, enabled: bool):
+        if not enabled or torch.is_grad_enabled() or is_torchdynamo_compiling():
+            self.stamp = self.value = None  # hold nothing from a pass that does not reuse
+            return compute()
+        stamp = tuple(
+            (source, (source._version, source.data_ptr()))
+            if isinstance(source, torch.Tensor) and not source.is_inference()
+            else (source, None)
+            for source in sources
+        )
+        if not self.unchanged(stamp):
+            self.stamp, self.value = stamp, compute()
+        return self.value
+
+    def unchanged(self, stamp: tuple) -> bool:
+        if self.stamp is None or len(stamp) != len(self.stamp):
+            return False
+        return all(
+            (a is b if isinstance(a, torch.Tensor) else a == b) and u == v
+            for (a, u), (b, v) in zip(stamp, self.stamp, strict=True)
+        )
+
+    def __deepcopy__(self, memo):
+        return InferenceCache()
+
+    def __getstate__(self):
+        return {"stamp": None, "value": None}
 
 
 class DebertaLiteEmbeddings(nn.Module):
@@ -195,9 +240,28 @@ class DebertaLiteAttention(nn.Module):
         self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.output = DebertaLiteSublayerOutput(config, config.hidden_size)
         self.far_distance = far_field_distance(config)
+        self.relative_cache = InferenceCache()
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
         return states.view(*states.shape[:-1], self.num_heads, self.head_dim).transpose(-3, -2)  # (..., nh, N, d)
+
+    def relative_projections(self, rel_embeddings: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Kr = P·W_kᵀ for c2p and Qr = P·W_qᵀ for p2c, (rows, H) each, already divided by sqrt(d·s); reused across
+        inference calls (`InferenceCache`)."""
+        key_proj = (
+            None if "c2p" not in self.pos_att_type else self.key_proj if self.share_att_key else self.pos_key_proj
+        )
+        query_proj = (
+            None if "p2c" not in self.pos_att_type else self.query_proj if self.share_att_key else self.pos_query_proj
+        )
+
+        def compute():
+            table = self.pos_dropout(rel_embeddings)  # (rows, H)
+            # The scale goes on the (rows, H) projections, not on the (B, nh, N, rows) products.
+            return tuple(None if proj is None else proj(table) * self.scaling for proj in (key_proj, query_proj))
+
+        weights = [tensor for proj in (key_proj, query_proj) if proj is not None for tensor in (proj.weight, proj.bias)]
+        return self.relative_cache.get((rel_embeddings, *weights), compute, enabled=not self.training)
 
     def disentangled_bias(
         self,
@@ -205,18 +269,18 @@ class DebertaLiteAttention(nn.Module):
         key: torch.Tensor,
         relative_lookup: torch.LongTensor,
         rel_embeddings: torch.Tensor,
+        query_positions: torch.LongTensor | None = None,
     ) -> DisentangledBias:
         """The (N, 2k) tables C2P = Qc·Krᵀ and P2C = Kc·Qrᵀ, divided by sqrt(d·s) before any lookup."""
-        rel_embeddings = self.pos_dropout(rel_embeddings)  # (2k, H)
-        # The scale goes on the (2k, H) projections, not on the (B, nh, N, 2k) products: 2k·H multiplies, not B·N·2k.
+        pos_key, pos_query = self.relative_projections(rel_embeddings)
         c2p = p2c = None
-        if "c2p" in self.pos_att_type:
-            pos_key = (self.key_proj if self.share_att_key else self.pos_key_proj)(rel_embeddings) * self.scaling
+        if pos_key is not None:
             c2p = torch.matmul(query, self._heads(pos_key).transpose(-1, -2))  # (B, nh, Nq, 2k)
-        if "p2c" in self.pos_att_type:
-            pos_query = (self.query_proj if self.share_att_key else self.pos_query_proj)(rel_embeddings) * self.scaling
+        if pos_query is not None:
             p2c = torch.matmul(key, self._heads(pos_query).transpose(-1, -2))  # (B, nh, Nk, 2k)
-        return DisentangledBias(c2p, p2c, relative_lookup, key.shape[2], self.far_distance)
+        if query_positions is None:
+            query_positions = torch.arange(query.shape[2], device=query.device)
+        return DisentangledBias(c2p, p2c, relative_lookup, query_positions, key.shape[2], self.far_distance)
 
     def forward(
         self,
@@ -225,16 +289,35 @@ class DebertaLiteAttention(nn.Module):
         relative_lookup: torch.LongTensor,
         rel_embeddings: torch.Tensor,
         query_states: torch.Tensor | None = None,
+        query_positions: torch.LongTensor | None = None,
+        unpadded: UnpaddedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # Keys and values come from hidden_states; the query (and the residual) may differ: the enhanced mask decoder.
+        """Keys and values come from hidden_states; the query (and the residual) may differ: the enhanced mask
+        decoder's, (B, N, H), or only at chosen positions, (B, M, H) with `query_positions` (B, M). With `unpadded`,
+        hidden_states is a packed batch (1, tokens, H) and each of its rows attends within itself."""
         query_states = hidden_states if query_states is None else query_states
         query = self._heads(self.query_proj(query_states))  # (B, nh, Nq, d)
         key = self._heads(self.key_proj(hidden_states))  # (B, nh, Nk, d)
         value = self._heads(self.value_proj(hidden_states))  # (B, nh, Nk, d)
-        bias = self.disentangled_bias(query, key, relative_lookup, rel_embeddings)
-        implementation = kernel_for_length(attention_implementation(self.config), query.shape[2])
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        bias = self.disentangled_bias(query, key, relative_lookup, rel_embeddings, query_positions)
+        requested = attention_implementation(self.config)
+
+        def kernel(length: int) -> tuple[str, Callable]:
+            implementation = kernel_for_length(requested, length)
+            if query_positions is not None and implementation in TABLE_KERNELS:
+                # The table kernels walk runs of consecutive query rows; a few scattered queries need no lean kernel.
+                implementation = "sdpa"
+            return implementation, ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+
+        dropout = self.attention_dropout if self.training else 0.0
+        if unpadded is not None:
+            attn_output = unpadded_attention(
+                kernel, self, query, key, value, bias, unpadded, scaling=self.scaling, dropout=dropout, **kwargs
+            )
+            attn_output = attn_output.reshape(*query_states.shape[:-1], -1)  # (1, tokens, H)
+            return self.output(attn_output, residual=query_states), None
+        implementation, attention_interface = kernel(query.shape[2])
         if implementation in TABLE_KERNELS:
             kwargs["disentangled_bias"] = bias
         elif implementation == "sdpa":  # the mask goes into the bias in place: one (B, nh, N, N) tensor, not two
@@ -249,7 +332,7 @@ class DebertaLiteAttention(nn.Module):
             value,
             attention_mask,
             scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
+            dropout=dropout,
             **kwargs,
         )
         attn_output = attn_output.reshape(*query_states.shape[:-1], -1)  # (B, Nq, H)
@@ -301,12 +384,21 @@ class DebertaLiteLayer(GradientCheckpointingLayer):
         rel_embeddings: torch.Tensor,
         query_states: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
+        query_positions: torch.LongTensor | None = None,
+        unpadded: UnpaddedBatch | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         """`query_states` (the EMD's queries) comes positionally: reentrant checkpointing only replays positional
         tensors, and a query passed by keyword would be backpropagated through twice."""
         attn_output, _ = self.attention(
-            hidden_states, attention_mask, relative_lookup, rel_embeddings, query_states, **kwargs
+            hidden_states,
+            attention_mask,
+            relative_lookup,
+            rel_embeddings,
+            query_states,
+            query_positions,
+            unpadded,
+            **kwargs,
         )
         layer_output = self.output(self.intermediate(attn_output), residual=attn_output)
         # The EMD's query passes reuse the block but not the convolution, which the original applies in its encoder
@@ -458,6 +550,7 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_rel_ebd == "layer_norm" else None
         )
         self.relative_reach = bucket_reach(config)
+        self.relative_table_cache = InferenceCache()
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -473,10 +566,16 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         """
         first, last = reachable_rows(seq_len, self.config, self.relative_reach)
         relative_lookup = build_relative_lookup(seq_len, seq_len, self.config, device) - first
-        rel_embeddings = self.rel_embeddings.weight[first : last + 1]  # (rows, H)
+
+        def table() -> torch.Tensor:
+            rows = self.rel_embeddings.weight[first : last + 1]  # (rows, H)
+            return rows if self.rel_norm is None else self.rel_norm(rows)
+
+        # The same table object while nothing changed, so that every layer can reuse its projections of it.
+        sources = (self.rel_embeddings.weight, first, last)
         if self.rel_norm is not None:
-            rel_embeddings = self.rel_norm(rel_embeddings)
-        return relative_lookup, rel_embeddings
+            sources += (self.rel_norm.weight, self.rel_norm.bias)
+        return relative_lookup, self.relative_table_cache.get(sources, table, enabled=not self.training)
 
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
         """Clear errors for bad input, before an index error deep inside an embedding or a gather."""
@@ -530,12 +629,31 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids, attention_mask)
         seq_len = hidden_states.shape[1]
         relative_lookup, rel_embeddings = self.relative_inputs(seq_len, hidden_states.device)
-        pair_mask = pair_attention_mask(attention_mask)  # (B, 1, N, N)
+        unpadded = None
+        if self.can_unpad() and UnpaddedBatch.applies(attention_mask, self.config.unpad_batches):
+            unpadded = UnpaddedBatch(attention_mask)
+            hidden_states, pair_mask = unpadded.unpad(hidden_states), None  # (1, tokens, H)
+        else:
+            pair_mask = pair_attention_mask(attention_mask)  # (B, 1, N, N)
         for layer in self.layers:
             hidden_states = layer(
-                hidden_states, pair_mask, relative_lookup, rel_embeddings, padding_mask=attention_mask, **kwargs
+                hidden_states,
+                pair_mask,
+                relative_lookup,
+                rel_embeddings,
+                padding_mask=attention_mask,
+                unpadded=unpadded,
+                **kwargs,
             )
+        if unpadded is not None:
+            hidden_states = unpadded.pad(hidden_states)
         return BaseModelOutput(last_hidden_state=hidden_states)
+
+    def can_unpad(self) -> bool:
+        """Unpadded batches keep every output the same, except where the padded layout itself is read: hidden
+        states and attentions captured per layer, the v2 convolution (it reads neighbouring positions), and traced
+        graphs (torch.compile, export), whose shapes must not depend on the mask's values."""
+        return self.config.conv_kernel_size == 0 and not capturing_layer_outputs() and not is_torchdynamo_compiling()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -598,29 +716,52 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.LongTensor | None,
+        masked: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Z1 = H + E_abs, Z_{t+1} = last_layer(keys/values H, query Z_t), `emd_num_layers` times.
 
         H is the second-to-last encoder output; the last layer's own weights are reused, with the same relative
-        positions and relative table, so the EMD adds no parameters.
+        positions and relative table, so the EMD adds no parameters. Returns (B, N, H); with `masked` (B, N), only
+        the queries at masked positions are computed (keys and values stay whole), and it returns
+        (num_masked, H) in the order of `hidden_states[masked]`.
         """
         embeddings = self.deberta.embeddings
-        seq_len = hidden_states.shape[1]
+        batch_size, seq_len = hidden_states.shape[:2]
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=hidden_states.device)[None, :]
         absolute = embeddings.position_embeddings(position_ids)  # raw rows, not layer-normed
         if embeddings.embed_proj is not None:  # the table is embedding_size wide
             absolute = embeddings.embed_proj(absolute)
         relative_lookup, rel_embeddings = self.deberta.relative_inputs(seq_len, hidden_states.device)
-        pair_mask = pair_attention_mask(attention_mask)
-        last_layer = self.deberta.layers[-1]
         query_states = hidden_states + absolute
+        query_positions = None
+        if masked is None:
+            pair_mask = pair_attention_mask(attention_mask)
+        else:
+            # Each row's masked positions in order, then filler (position 0) up to the longest row's count; at least
+            # one query, so that a batch with nothing masked still backpropagates (zeros) through every weight.
+            counts = masked.sum(dim=-1)
+            most = max(int(counts.max()) if masked.numel() else 0, 1)
+            query_positions = torch.argsort((~masked).to(torch.int8), dim=-1, stable=True)[:, :most]  # (B, M)
+            is_query = torch.arange(most, device=masked.device) < counts[:, None]  # (B, M)
+            query_states = torch.gather(
+                query_states, 1, query_positions[..., None].expand(-1, -1, query_states.shape[-1])
+            )
+            keep = torch.ones_like(masked) if attention_mask is None else attention_mask.bool()
+            pair_mask = is_query[:, None, :, None] & keep[:, None, None, :]  # (B, 1, M, N)
+        last_layer = self.deberta.layers[-1]
         with outside_output_capture():  # the layer's capture hooks fire, but nothing collects here
             for _ in range(self.config.emd_num_layers):
                 query_states = last_layer(
-                    hidden_states, pair_mask, relative_lookup, rel_embeddings, query_states, padding_mask=attention_mask
+                    hidden_states,
+                    pair_mask,
+                    relative_lookup,
+                    rel_embeddings,
+                    query_states,
+                    padding_mask=attention_mask,
+                    query_positions=query_positions,
                 )
-        return query_states
+        return query_states if masked is None else query_states[is_query]
 
     def _check_emd_length(self, seq_len: int, position_ids: torch.LongTensor | None):
         limit = self.config.max_position_embeddings
@@ -644,8 +785,9 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         sparse_prediction: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
-        r"""sparse_prediction: with `labels`, decode only the masked positions (labels != -100); `logits` is then
-        (num_masked, vocab). The vocabulary projection is most of the head's cost, so pretraining uses it."""
+        r"""sparse_prediction: with `labels`, decode only the masked positions (labels != -100): the enhanced mask
+        decoder computes queries there only, and `logits` is (num_masked, vocab). The vocabulary projection and the
+        decoder are most of the head's cost, so pretraining uses it."""
         if self.uses_emd and (input_ids is not None or inputs_embeds is not None):
             self._check_emd_length((input_ids if input_ids is not None else inputs_embeds).shape[1], position_ids)
         # Trainer's count of masked tokens over the whole accumulated batch: sum the loss and divide by it, so
@@ -664,15 +806,17 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
             output_hidden_states=sorted(captured) if captured else False,
             **kwargs,
         )
+        masked = labels != -100 if labels is not None and sparse_prediction else None
         if self.uses_emd:
-            sequence_output = self.enhanced_mask_decoder(outputs.hidden_states[-2], attention_mask, position_ids)
+            sequence_output = self.enhanced_mask_decoder(
+                outputs.hidden_states[-2], attention_mask, position_ids, masked
+            )
         else:
-            sequence_output = outputs.last_hidden_state
+            sequence_output = outputs.last_hidden_state if masked is None else outputs.last_hidden_state[masked]
 
         loss = None
-        if labels is not None and sparse_prediction:
-            masked = labels != -100
-            logits = self.lm_head(sequence_output[masked])  # (num_masked, V)
+        if masked is not None:
+            logits = self.lm_head(sequence_output)  # (num_masked, V)
             targets = labels[masked]
         else:
             logits = self.lm_head(sequence_output)  # (B, N, V)

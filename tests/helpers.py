@@ -72,7 +72,7 @@ def tiny_config(**overrides) -> DebertaLiteConfig:
 def full_relative_index(query_size: int, key_size: int, config: DebertaLiteConfig) -> torch.LongTensor:
     """The whole (query_size, key_size) relative index delta, expanded from the model's lookup by distance."""
     lookup = build_relative_lookup(query_size, key_size, config, torch.device("cpu"))
-    return relative_index(lookup, key_size, slice(0, query_size), slice(0, key_size))
+    return relative_index(lookup, key_size, torch.arange(query_size), slice(0, key_size))
 
 
 def padded_batch(vocab_size: int = 100, batch: int = 3, length: int = 12, seed: int = 0):

@@ -76,15 +76,51 @@ def test_logits_with_labels_are_batch_by_sequence_by_vocab():
     assert_close(with_labels.loss, torch.nn.functional.cross_entropy(without.view(-1, 100), labels.view(-1)))
 
 
-def test_sparse_prediction_decodes_only_masked_positions_with_the_same_loss():
-    model = DebertaLiteForMaskedLM(tiny_config()).eval()
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "deberta_chunked"])
+def test_sparse_prediction_decodes_only_masked_positions_with_the_same_loss_and_gradients(backend):
+    """sparse_prediction: the enhanced mask decoder computes queries at the masked positions only (keys and values
+    whole) and the vocabulary projection there only; logits, loss and every gradient equal the full decoder's."""
+    model = DebertaLiteForMaskedLM(tiny_config()).train()  # dropout is 0 in the tiny config: deterministic
+    model.set_attn_implementation(backend)
     input_ids, attention_mask = padded_batch()
-    labels = _labels(input_ids, attention_mask, [(0, 1), (1, 3), (1, 11), (2, 0), (2, 5)])
-    sparse = model(input_ids, attention_mask=attention_mask, labels=labels, sparse_prediction=True)
-    full = model(input_ids, attention_mask=attention_mask, labels=labels)
-    assert sparse.logits.shape == (5, 100)  # only the masked positions were decoded
+    attention_mask[2] = attention_mask[2].flip(0)  # row 2 padded on the left
+    labels = _labels(input_ids, attention_mask, [(0, 1), (1, 3), (1, 11), (2, 9), (2, 11)])
+    queries = []
+    hook = model.deberta.layers[-1].attention.query_proj.register_forward_hook(
+        lambda module, args, output: queries.append(args[0].shape[1]) if args[0].dim() == 3 else None
+    )
+    results = {}
+    for sparse in (False, True):
+        model.zero_grad()
+        queries.clear()
+        out = model(input_ids, attention_mask=attention_mask, labels=labels, sparse_prediction=sparse)
+        out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results[sparse] = out, grads, list(queries)
+    hook.remove()
+    (full, full_grads, full_queries), (sparse, sparse_grads, sparse_queries) = results[False], results[True]
+    assert full_queries == [12, 12, 12] and sparse_queries == [12, 2, 2]  # encoder layer, then 2 EMD passes
+    assert sparse.logits.shape == (5, 100)
     assert_close(sparse.logits, full.logits[labels != -100], atol=1e-5, rtol=1e-5)
     assert_close(sparse.loss, full.loss, atol=1e-6, rtol=1e-6)
+    assert sparse_grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        assert_close(
+            sparse_grads[name], grad, atol=1e-5, rtol=1e-4, msg=lambda message, name=name: f"{name}: {message}"
+        )
+
+
+def test_sparse_prediction_with_rows_that_have_nothing_masked():
+    model = DebertaLiteForMaskedLM(tiny_config()).eval()
+    input_ids, attention_mask = padded_batch()
+    labels = _labels(input_ids, attention_mask, [(1, 3)])
+    sparse = model(input_ids, attention_mask=attention_mask, labels=labels, sparse_prediction=True)
+    full = model(input_ids, attention_mask=attention_mask, labels=labels)
+    assert_close(sparse.logits, full.logits[labels != -100], atol=1e-5, rtol=1e-5)
+    nothing = model(
+        input_ids, attention_mask=attention_mask, labels=torch.full_like(labels, -100), sparse_prediction=True
+    )
+    assert nothing.logits.shape == (0, 100) and float(nothing.loss) == 0.0
 
 
 def test_emd_injects_absolute_positions_and_can_be_turned_off():

@@ -6,6 +6,8 @@ transformers' DebertaV2 is tests/test_parity.py's; the masked LM head and its en
 tests/test_masked_lm.py's; torch.compile is tests/test_compile.py's.
 """
 
+import copy
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -94,7 +96,7 @@ def test_relative_index_equals_debertav2(overrides, query_size, key_size):
     expected = torch.clamp(relative + span, 0, 2 * span - 1)
     assert torch.equal(full_relative_index(query_size, key_size, config), expected)
     lookup = build_relative_lookup(query_size, key_size, config, torch.device("cpu"))
-    block = relative_index(lookup, key_size, slice(2, 4), slice(1, 5), keys_first=True)
+    block = relative_index(lookup, key_size, torch.arange(2, 4), slice(1, 5), keys_first=True)
     assert torch.equal(block, expected[2:4, 1:5].T)
 
 
@@ -424,6 +426,47 @@ def test_fused_and_explicit_attention_with_lse_agree(monkeypatch):
     assert_close(explicit[1], torch.logsumexp(query @ key.transpose(-1, -2) * 0.3 + bias, -1), atol=1e-6, rtol=1e-6)
     assert_close(fused[0], explicit[0], atol=1e-6, rtol=1e-6)
     assert_close(fused[1], explicit[1], atol=1e-6, rtol=1e-6)
+
+
+def test_relative_projections_are_reused_in_inference_while_the_weights_are_unchanged():
+    model = DebertaLiteModel(tiny_config()).eval()
+    input_ids, attention_mask = padded_batch()
+    table_projections = []  # key_proj projects the relative table (2-D input) and the keys (3-D input)
+    model.layers[0].attention.key_proj.register_forward_hook(
+        lambda module, args, output: table_projections.append(1) if args[0].dim() == 2 else None
+    )
+
+    def reference(model) -> torch.Tensor:  # with autograd on, nothing is reused
+        fresh = DebertaLiteModel(model.config).to(model.dtype).eval()
+        fresh.load_state_dict(model.state_dict())
+        return fresh(input_ids, attention_mask=attention_mask).last_hidden_state.detach()
+
+    with torch.inference_mode():
+        first = model(input_ids, attention_mask=attention_mask).last_hidden_state
+        second = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    assert len(table_projections) == 1
+    assert torch.equal(first, second)
+    assert_close(first, reference(model), atol=1e-6, rtol=1e-6)
+
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # an optimizer-like in-place update of a projection and of the table
+        for weight in (model.layers[0].attention.key_proj.weight, model.rel_embeddings.weight):
+            weight.add_(torch.randn(weight.shape, generator=generator))
+    with torch.inference_mode():
+        updated = model(input_ids, attention_mask=attention_mask).last_hidden_state
+    assert len(table_projections) == 2
+    assert not torch.allclose(updated, first, atol=1e-3)
+    assert_close(updated, reference(model), atol=1e-6, rtol=1e-6)
+
+    copied = copy.deepcopy(model).double()  # a copy starts empty; a dtype move changes every weight's storage
+    with torch.inference_mode():
+        as_double = copied(input_ids, attention_mask=attention_mask).last_hidden_state
+    assert as_double.dtype == torch.float64
+    assert_close(as_double, reference(copied), atol=1e-10, rtol=1e-10)
+
+    model.train()
+    model(input_ids, attention_mask=attention_mask)
+    assert model.layers[0].attention.relative_cache.value is None  # training holds nothing
 
 
 def test_bf16_forward_and_backward_at_4096_stay_finite():
