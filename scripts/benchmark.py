@@ -352,6 +352,9 @@ def main(argv=None) -> list[dict] | dict:
     parser.add_argument("--from_json", metavar="FILE", help="table and --plot from an earlier run's JSON, no run")
     parser.add_argument("--profile", action="store_true", help="where one layer's training step spends its time")
     parser.add_argument("--profile_shapes", nargs="*", default=["8x512", "1x2048"])
+    parser.add_argument(
+        "--profile_inference", action="store_true", help="with --profile: an inference forward, not a training step"
+    )
     args = parser.parse_args(argv)
     if args.plot and not plot_available():
         parser.error(f"--plot needs matplotlib, which is not installed: {BENCH_EXTRA}")
@@ -371,7 +374,7 @@ def main(argv=None) -> list[dict] | dict:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     if args.profile:
         output = Path(args.output or ROOT / "outputs" / "profile.json")
-        profiles = profile_layers(args.size, dtype, args.profile_shapes, args.repeats)
+        profiles = profile_layers(args.size, dtype, args.profile_shapes, args.repeats, not args.profile_inference)
         print(profile_markdown(profiles))
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps({"args": vars(args), "profiles": profiles}, indent=2))
@@ -640,19 +643,23 @@ def classify_events(events, shapes: LayerShapes) -> list[tuple[object, str, bool
     return [(event, category[id(event)], backward[id(event)]) for event in events]
 
 
-def profile_step(layer: torch.nn.Module, inputs: tuple, shapes: LayerShapes, repeats: int) -> dict:
-    """Profile `repeats` training steps of `layer` (after one warm-up): milliseconds per step by category and phase,
-    the SDPA ops that ran, the profiler's own total and the top ops."""
+def profile_step(layer: torch.nn.Module, inputs: tuple, shapes: LayerShapes, repeats: int, train: bool = True) -> dict:
+    """Profile `repeats` training steps of `layer` (after one warm-up), or inference forwards with `train=False`:
+    milliseconds per step by category and phase, the SDPA ops that ran, the profiler's own total and the top ops."""
     hidden_states = inputs[0]
     torch.manual_seed(0)
     grad = torch.randn_like(hidden_states)
 
     def step():
+        if not train:
+            with torch.inference_mode():
+                layer(*inputs)
+            return
         layer.zero_grad(set_to_none=True)
         output = layer(*inputs)
         output.backward(grad)
 
-    layer.train()
+    layer.train(train)
     step()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
         for _ in range(repeats):
@@ -681,7 +688,7 @@ def profile_step(layer: torch.nn.Module, inputs: tuple, shapes: LayerShapes, rep
     }
 
 
-def profile_layers(size: str, dtype: torch.dtype, shapes: list[str], repeats: int) -> list[dict]:
+def profile_layers(size: str, dtype: torch.dtype, shapes: list[str], repeats: int, train: bool = True) -> list[dict]:
     """One DeBERTa-lite layer and one BertLayer of the same size, profiled at each shape (see --profile)."""
     config = load_config(size)
     torch.manual_seed(0)
@@ -700,8 +707,8 @@ def profile_layers(size: str, dtype: torch.dtype, shapes: list[str], repeats: in
             ("DeBERTa-lite", lite.layers[0], (hidden_states, None, relative_pos, rel_embeddings), relative_rows),
             ("BERT", bert.encoder.layer[0], (hidden_states,), None),
         ):
-            result = profile_step(layer, inputs, LayerShapes(batch, length, config, rows), repeats)
-            profiles.append({"model": model, "shape": shape, "relative_rows": rows, **result})
+            result = profile_step(layer, inputs, LayerShapes(batch, length, config, rows), repeats, train)
+            profiles.append({"model": model, "shape": shape, "relative_rows": rows, "train": train, **result})
     return profiles
 
 
@@ -712,7 +719,8 @@ def profile_markdown(profiles: list[dict]) -> str:
         forward, backward = result["milliseconds"]["forward"], result["milliseconds"]["backward"]
         totals = {"forward": sum(forward.values()), "backward": sum(backward.values())}
         lines += [
-            f"### {result['model']} layer, {result['shape']}, one training step"
+            f"### {result['model']} layer, {result['shape']}, "
+            + ("one training step" if result.get("train", True) else "one inference forward")
             + (f" ({result['relative_rows']} relative rows)" if result["relative_rows"] else ""),
             "",
             "| category | forward ms | forward % | backward ms | backward % |",
