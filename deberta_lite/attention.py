@@ -457,8 +457,10 @@ def kernel_for_length(implementation: str, query_len: int) -> str:
 # Unpadded batches
 # ----------------------------------------------------------------------------------------------------------------
 
-# With `unpad_batches=None`, a batch is unpadded when at least this fraction of its positions is padding.
-UNPAD_MIN_PADDING = 0.1
+# With `unpad_batches=None`, a batch is unpadded when at least this fraction of its positions is padding. Measured
+# (base size, 4 layers, 32 rows of 128 tokens, 2 CPU threads): unpadded takes 0.89 of the padded time at 5% padding,
+# 0.73 at 20%, 0.43 at 50%; below about 3% the two are within noise.
+UNPAD_MIN_PADDING = 0.05
 
 
 class UnpaddedBatch:

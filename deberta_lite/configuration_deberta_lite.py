@@ -135,8 +135,8 @@ class DebertaLiteConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
     """Tie the MLM output projection to the input word embeddings."""
     unpad_batches: bool | None = None
-    """Compute on real tokens only when the attention mask has padding: None decides per batch from its padding
-    fraction, True whenever there is padding, False never. The outputs are the same either way."""
+    """Compute on real tokens only when the attention mask has padding: None (the default) when at least 5% of the
+    batch is padding, True whenever there is padding, False never. The outputs are the same either way."""
 
     def __post_init__(self, **kwargs):
         # The DebertaV2 configs on the Hub spell pos_att_type as "p2c|c2p".
