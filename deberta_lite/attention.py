@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import flex_attention
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
+from transformers.utils.import_utils import is_torchdynamo_compiling
 
 from .configuration_deberta_lite import DebertaLiteConfig
 
@@ -102,15 +103,35 @@ def reachable_rows(seq_len: int, config: DebertaLiteConfig, reach: tuple[int, ..
     return max(0, span - distance), min(2 * span - 1, span + distance)
 
 
-def pair_attention_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """DeBERTa masks the outer product m_i·m_j: padded query rows are fully masked too, as in DebertaV2.
+def document_ids(position_ids: torch.Tensor | None, batch_size: int) -> torch.LongTensor | None:
+    """(B, N) document number of each token when `position_ids` restart at 0 inside a row (packed documents, the
+    convention of transformers' DataCollatorWithFlattening); None when no row restarts.
 
-    (B, N) padding mask -> bool (B, 1, N, N), True = attend; None stays None.
+    A token's document is the number of position-0 tokens up to it. Traced graphs (torch.compile, export) get the
+    ids whenever position_ids are given: a single document then changes nothing but costs a mask.
     """
-    if attention_mask is None:
+    if position_ids is None:
         return None
-    keep = attention_mask.bool()
-    return keep[:, None, :, None] & keep[:, None, None, :]
+    if not is_torchdynamo_compiling() and not bool((position_ids[..., 1:] == 0).any()):
+        return None
+    return torch.cumsum(position_ids == 0, dim=-1).expand(batch_size, -1)
+
+
+def pair_attention_mask(
+    attention_mask: torch.Tensor | None, documents: torch.LongTensor | None = None
+) -> torch.Tensor | None:
+    """DeBERTa masks the outer product m_i·m_j: padded query rows are fully masked too, as in DebertaV2. Tokens of
+    different documents (`document_ids`) do not attend to each other.
+
+    (B, N) padding mask -> bool (B, 1, N, N), True = attend; None when there is neither a mask nor documents.
+    """
+    if attention_mask is None and documents is None:
+        return None
+    keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(documents, dtype=torch.bool)
+    pair = keep[:, None, :, None] & keep[:, None, None, :]
+    if documents is not None:
+        pair = pair & (documents[:, None, :, None] == documents[:, None, None, :])
+    return pair
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -472,19 +493,34 @@ class UnpaddedBatch:
     one stand-in token per row carries them, attending to the row's real values and, N - L times, to its own value.
     So the packed layout computes exactly what the padded one does, on L + 1 tokens per row instead of N.
 
-    Packed order: row 0's real tokens, row 0's stand-in (if the row has padding), row 1's real tokens, ...
-    Only rows whose real tokens are one contiguous run (left or right padding) can be packed.
+    Packed order: row 0's real tokens, row 0's stand-in (if the row has padding), row 1's real tokens, ... A row's
+    real tokens attend to each other as one sequence, or per document with `documents` (`document_ids`). Only rows
+    whose real tokens are one contiguous run (left or right padding) can be packed.
     """
 
-    def __init__(self, attention_mask: torch.Tensor):
-        self.batch_size, self.seq_len = attention_mask.shape
-        keep = attention_mask.bool()
+    def __init__(self, attention_mask: torch.Tensor | None, documents: torch.LongTensor | None = None):
+        self.batch_size, self.seq_len = (attention_mask if attention_mask is not None else documents).shape
+        keep = (
+            attention_mask.bool()
+            if attention_mask is not None
+            else torch.ones(self.batch_size, self.seq_len, dtype=torch.bool, device=documents.device)
+        )
         lengths = keep.sum(dim=-1)
         has_stand_in = lengths < self.seq_len
         sizes = lengths + has_stand_in.long()
         offsets = torch.cumsum(sizes, dim=0) - sizes  # packed position of each row's first token
         self.lengths, self.has_stand_in, self.offsets = lengths.tolist(), has_stand_in.tolist(), offsets.tolist()
         self.num_tokens = int(sizes.sum())
+        # Each row's sequences as (packed start, length): the row's real tokens, or each document's run of them.
+        self.sequences = []
+        for row, (offset, length) in enumerate(zip(self.offsets, self.lengths, strict=True)):
+            runs = (
+                [length]
+                if documents is None or not length
+                else documents[row][keep[row]].unique_consecutive(return_counts=True)[1].tolist()
+            )
+            starts = [offset + sum(runs[:index]) for index in range(len(runs))]
+            self.sequences.append(list(zip(starts, runs, strict=True)))
         # The packed token that holds each padded-batch position: a real token (offset + its rank among the row's
         # real tokens) or the row's stand-in (offset + length).
         rank = torch.cumsum(keep.long(), dim=-1) - 1
@@ -496,14 +532,18 @@ class UnpaddedBatch:
         self.gather_index[packed] = torch.arange(packed.shape[0], device=keep.device)
 
     @staticmethod
-    def applies(attention_mask: torch.Tensor | None, unpad_batches: bool | None) -> bool:
-        """Whether to unpad: the mask has padding in contiguous runs at the ends of rows, and unpadding is forced
-        on or the batch has at least UNPAD_MIN_PADDING padding."""
-        if attention_mask is None or unpad_batches is False:
+    def applies(
+        attention_mask: torch.Tensor | None, documents: torch.LongTensor | None, unpad_batches: bool | None
+    ) -> bool:
+        """Whether to unpad: unpadding is not turned off, real tokens form one contiguous run per row, and the batch
+        has packed documents, or padding with unpadding forced on or at least UNPAD_MIN_PADDING of it."""
+        if unpad_batches is False or (attention_mask is None and documents is None):
             return False
+        if attention_mask is None:
+            return True
         keep = attention_mask.bool()
         padding = 1 - float(keep.float().mean())
-        if padding == 0 or (unpad_batches is None and padding < UNPAD_MIN_PADDING):
+        if documents is None and (padding == 0 or (unpad_batches is None and padding < UNPAD_MIN_PADDING)):
             return False
         # One run of real tokens per row: at most one 0 -> 1 step, counting a real first token as one.
         steps = (keep[:, 1:] & ~keep[:, :-1]).sum(dim=-1) + keep[:, 0]
@@ -528,26 +568,31 @@ def unpadded_attention(
     batch: UnpaddedBatch,
     **kwargs,
 ) -> torch.Tensor:
-    """Attention over a packed batch (1, nh, tokens, d): each row's real tokens attend to each other as an unpadded
-    batch of one, with the kernel `kernel(length)` picks for their length; a stand-in takes the uniform mean over its
-    padded row. Returns (1, tokens, nh, d).
+    """Attention over a packed batch (1, nh, tokens, d): each row's real tokens (or each of its documents) attend to
+    each other as an unpadded batch of one, with the kernel `kernel(length)` picks for their length; a stand-in takes
+    the uniform mean over its padded row. Returns (1, tokens, nh, d).
     """
     outputs = []
-    for offset, length, stand_in in zip(batch.offsets, batch.lengths, batch.has_stand_in, strict=True):
-        tokens = slice(offset, offset + length)
-        if length:
-            implementation, attention_interface = kernel(length)
-            row_bias = bias.sequence(tokens)
+    for offset, length, stand_in, sequences in zip(
+        batch.offsets, batch.lengths, batch.has_stand_in, batch.sequences, strict=True
+    ):
+        for start, size in sequences:
+            if not size:
+                continue
+            tokens = slice(start, start + size)
+            implementation, attention_interface = kernel(size)
+            sequence_bias = bias.sequence(tokens)
             if implementation in TABLE_KERNELS:
-                row_kwargs = {"disentangled_bias": row_bias}
+                sequence_kwargs = {"disentangled_bias": sequence_bias}
             else:
-                row_kwargs = {"position_bias": row_bias.full()}
+                sequence_kwargs = {"position_bias": sequence_bias.full()}
             output, _ = attention_interface(
-                module, query[:, :, tokens], key[:, :, tokens], value[:, :, tokens], None, **kwargs, **row_kwargs
+                module, query[:, :, tokens], key[:, :, tokens], value[:, :, tokens], None, **kwargs, **sequence_kwargs
             )
-            outputs.append(output)  # (1, L, nh, d)
+            outputs.append(output)  # (1, size, nh, d)
         if stand_in:
             pads = batch.seq_len - length
-            mean = (value[:, :, tokens].sum(dim=2) + pads * value[:, :, offset + length]) / batch.seq_len
+            real = value[:, :, offset : offset + length]
+            mean = (real.sum(dim=2) + pads * value[:, :, offset + length]) / batch.seq_len
             outputs.append(mean.unsqueeze(1))  # (1, 1, nh, d)
     return torch.cat(outputs, dim=1)

@@ -67,6 +67,7 @@ from .attention import (
     UnpaddedBatch,
     bucket_reach,
     build_relative_lookup,
+    document_ids,
     eager_attention_forward,
     far_field_distance,
     kernel_for_length,
@@ -629,12 +630,13 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         hidden_states = self.embeddings(input_ids, inputs_embeds, token_type_ids, position_ids, attention_mask)
         seq_len = hidden_states.shape[1]
         relative_lookup, rel_embeddings = self.relative_inputs(seq_len, hidden_states.device)
+        documents = document_ids(position_ids, hidden_states.shape[0])  # packed documents, if position_ids restart
         unpadded = None
-        if self.can_unpad() and UnpaddedBatch.applies(attention_mask, self.config.unpad_batches):
-            unpadded = UnpaddedBatch(attention_mask)
+        if self.can_unpad() and UnpaddedBatch.applies(attention_mask, documents, self.config.unpad_batches):
+            unpadded = UnpaddedBatch(attention_mask, documents)
             hidden_states, pair_mask = unpadded.unpad(hidden_states), None  # (1, tokens, H)
         else:
-            pair_mask = pair_attention_mask(attention_mask)  # (B, 1, N, N)
+            pair_mask = pair_attention_mask(attention_mask, documents)  # (B, 1, N, N)
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
@@ -735,8 +737,9 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
         relative_lookup, rel_embeddings = self.deberta.relative_inputs(seq_len, hidden_states.device)
         query_states = hidden_states + absolute
         query_positions = None
+        documents = document_ids(position_ids, batch_size)
         if masked is None:
-            pair_mask = pair_attention_mask(attention_mask)
+            pair_mask = pair_attention_mask(attention_mask, documents)
         else:
             # Each row's masked positions in order, then filler (position 0) up to the longest row's count; at least
             # one query, so that a batch with nothing masked still backpropagates (zeros) through every weight.
@@ -749,6 +752,9 @@ class DebertaLiteForMaskedLM(DebertaLitePreTrainedModel):
             )
             keep = torch.ones_like(masked) if attention_mask is None else attention_mask.bool()
             pair_mask = is_query[:, None, :, None] & keep[:, None, None, :]  # (B, 1, M, N)
+            if documents is not None:  # a query sees the keys of its own document
+                query_documents = torch.gather(documents, 1, query_positions)
+                pair_mask = pair_mask & (query_documents[:, None, :, None] == documents[:, None, None, :])
         last_layer = self.deberta.layers[-1]
         with outside_output_capture():  # the layer's capture hooks fire, but nothing collects here
             for _ in range(self.config.emd_num_layers):

@@ -365,7 +365,8 @@ def test_default_backend_switches_to_the_chunked_kernel_for_long_inputs(monkeypa
         return original(self, *args)
 
     monkeypatch.setattr(attention.DisentangledBias, "full", counting_full)
-    model = DebertaLiteModel(tiny_config()).eval()  # sdpa by default
+    # sdpa by default; padded layout, so the kernel sees the padded length (unpadded, each row's own length decides)
+    model = DebertaLiteModel(tiny_config(unpad_batches=False)).eval()
     length = attention.LEAN_ATTENTION_MIN_LENGTH
     input_ids = torch.randint(3, 100, (1, length))
     attention_mask = torch.ones_like(input_ids)

@@ -29,8 +29,8 @@ def counting_unpadded_batches(monkeypatch) -> list:
     """Record the packed size of every batch the model unpads."""
     sizes, original = [], UnpaddedBatch.__init__
 
-    def init(self, attention_mask):
-        original(self, attention_mask)
+    def init(self, *args):
+        original(self, *args)
         sizes.append(self.num_tokens)
 
     monkeypatch.setattr(UnpaddedBatch, "__init__", init)
@@ -137,3 +137,71 @@ def test_padded_layout_is_kept_where_it_is_read(monkeypatch):
     assert sizes == []
     model(input_ids, attention_mask=attention_mask)
     assert sizes == [(4 + 1) + 12 + (7 + 1)]  # real tokens, and a stand-in per padded row
+
+
+# ---------------------------------------------------------------- packed documents
+
+
+def packed_documents() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[tuple[int, int]]]]:
+    """Two rows of 12 tokens: documents of 5, 4 and 3 tokens; then 4 and 3 tokens and 5 of padding. position_ids
+    restart at each document start, as transformers' DataCollatorWithFlattening writes them."""
+    input_ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(5))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    input_ids[1, 7:] = 0
+    documents = [[(0, 5), (5, 9), (9, 12)], [(0, 4), (4, 7)]]
+    position_ids = torch.zeros_like(input_ids)
+    for row, spans in enumerate(documents):
+        for start, end in spans:
+            position_ids[row, start:end] = torch.arange(end - start)
+    return input_ids, attention_mask, position_ids, documents
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "deberta_chunked"])
+@pytest.mark.parametrize("position_biased_input", [False, True])
+def test_packed_documents_equal_each_document_alone(unpad, backend, position_biased_input):
+    model = DebertaLiteModel(tiny_config(position_biased_input=position_biased_input, unpad_batches=unpad)).eval()
+    model.set_attn_implementation(backend)
+    input_ids, attention_mask, position_ids, documents = packed_documents()
+    with torch.no_grad():
+        packed = model(input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        for row, spans in enumerate(documents):
+            for start, end in spans:
+                alone = model(input_ids[row : row + 1, start:end]).last_hidden_state[0]
+                assert_close(packed[row, start:end], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sparse_prediction", [False, True])
+def test_packed_documents_restart_the_enhanced_mask_decoder_positions(sparse_prediction):
+    model = DebertaLiteForMaskedLM(tiny_config()).eval()
+    input_ids, attention_mask, position_ids, documents = packed_documents()
+    labels = torch.full_like(input_ids, -100)
+    labels[0, [1, 6, 10]] = input_ids[0, [1, 6, 10]]
+    labels[1, [0, 5]] = input_ids[1, [0, 5]]
+    with torch.no_grad():
+        out = model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            sparse_prediction=sparse_prediction,
+        )
+        logits = out.logits if sparse_prediction else out.logits[labels != -100]
+        expected = []
+        for row, spans in enumerate(documents):
+            for start, end in spans:
+                alone = model(input_ids[row : row + 1, start:end]).logits[0]
+                expected.append(alone[labels[row, start:end] != -100])
+    assert_close(logits, torch.cat(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_documents_unpadded_gradients_equal_the_masked_padded_ones():
+    model = DebertaLiteModel(tiny_config()).train()
+    input_ids, attention_mask, position_ids, _ = packed_documents()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    model.set_attn_implementation("eager")
+    padded, padded_grads = outputs_and_gradients(model, inputs, unpad=False)
+    unpadded, unpadded_grads = outputs_and_gradients(model, inputs, unpad=True)
+    assert_close_by_name(unpadded, padded, atol=1e-5, rtol=1e-5)
+    assert_close_by_name(unpadded_grads, padded_grads, atol=1e-5, rtol=1e-4)
