@@ -53,7 +53,8 @@ def choose_spans(units: list[list[int]], budget: int, max_ngram: int) -> list[in
 
 @dataclass
 class DataCollatorForDebertaMLM:
-    """Pads a list of tokenised examples and masks them; returns input_ids, attention_mask, labels (and token types)."""
+    """Pads a list of tokenised examples and masks them; returns input_ids, attention_mask, labels (and token types
+    and position_ids, when the examples have them)."""
 
     tokenizer: PreTrainedTokenizerBase
     mlm_probability: float = 0.15
@@ -84,21 +85,29 @@ class DataCollatorForDebertaMLM:
         return batch
 
     def pad(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Pad without masking; labels already present (a fixed evaluation set) are padded with -100."""
+        """Pad without masking. Labels already present (a fixed evaluation set) are padded with -100; position_ids
+        (packed documents: positions restarting at each document's start) pass through unmasked, padded with 0."""
         batch = self.tokenizer.pad(
             [{key: example[key] for key in ("input_ids", "token_type_ids") if key in example} for example in examples],
             return_tensors="pt",
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
-        if "labels" in examples[0]:  # masked already (a fixed evaluation set): only pad the labels
-            length = batch["input_ids"].shape[1]
-            left = self.tokenizer.padding_side == "left"
-            padded = []
-            for example in examples:
-                filler = [-100] * (length - len(example["labels"]))
-                padded.append(filler + list(example["labels"]) if left else list(example["labels"]) + filler)
-            batch["labels"] = torch.tensor(padded)
+        length = batch["input_ids"].shape[1]
+        # Labels present here are a fixed evaluation set's, masked already: they are only padded. Padding's position
+        # ids (0) do not matter: the attention mask leaves padding out.
+        for key, filler in (("labels", -100), ("position_ids", 0)):
+            if key in examples[0]:
+                batch[key] = self._pad_column([example[key] for example in examples], length, filler)
         return dict(batch)
+
+    def _pad_column(self, rows: list, length: int, filler: int) -> torch.Tensor:
+        """Rows of a per-token column padded to `length` with `filler`, on the tokenizer's padding side."""
+        left = self.tokenizer.padding_side == "left"
+        padded = []
+        for row in rows:
+            fill = [filler] * (length - len(row))
+            padded.append(fill + list(row) if left else list(row) + fill)
+        return torch.tensor(padded, dtype=torch.long)
 
     def chosen_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """bool (B, N): the tokens to predict."""

@@ -42,6 +42,10 @@ from .trainer import DebertaLiteTrainer
 
 logger = logging.getLogger(__name__)
 
+# How tokenised text becomes blocks: `concatenate` runs documents into one another; `documents` marks each
+# document's tokens with position_ids that restart at 0, which confines attention to the document.
+PACKING = ("concatenate", "documents")
+
 
 @dataclass
 class ModelArguments:
@@ -72,6 +76,14 @@ class DataArguments:
         default=5, metadata={"help": "Share of train held out for validation when there is no validation split."}
     )
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per block, [CLS] and [SEP] included."})
+    packing: str = field(
+        default="concatenate",
+        metadata={
+            "help": "concatenate: blocks run documents into one another; documents: each document of a block on its "
+            "own ([CLS] ... [SEP], position_ids restarting at 0, no attention between documents).",
+            "choices": list(PACKING),
+        },
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the cached tokenised datasets."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens to predict."})
@@ -149,6 +161,7 @@ def pretraining_data(
             data_args.text_column_name,
             data_args.preprocessing_num_workers,
             not data_args.overwrite_cache,
+            data_args.packing,
         )
     masker = DataCollatorForDebertaMLM(
         tokenizer, mlm_probability=data_args.mlm_probability, masking=data_args.masking, max_ngram=data_args.max_ngram
@@ -208,24 +221,39 @@ def tokenize_and_group(
     text_column: str = "text",
     num_proc: int | None = None,
     load_from_cache_file: bool = True,
+    packing: str = "concatenate",
 ) -> datasets.DatasetDict:
-    """Tokenise, concatenate and cut into blocks of exactly `max_seq_length`: [CLS] pieces [SEP] (tail dropped)."""
+    """Tokenise, concatenate and cut into blocks of exactly `max_seq_length` (the tail is dropped).
+
+    `packing="concatenate"`: each block is [CLS] pieces [SEP], its pieces running across documents (rows of `raw`).
+    `packing="documents"`: each document is [CLS] pieces [SEP], and the blocks cut from their concatenation get a
+    `position_ids` column, each token's position within its document's part of the block (`document_positions`).
+    """
+    if packing not in PACKING:
+        raise ValueError(f"packing={packing!r} is invalid; allowed: {list(PACKING)}")
     if max_seq_length < 3:
         raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
-    block = max_seq_length - 2
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
 
     def tokenize(batch):
-        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]}
+        pieces = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
+        if packing == "documents":
+            pieces = [[cls, *ids, sep] for ids in pieces]
+        return {"input_ids": pieces}
 
     def group(batch):
         ids = list(chain.from_iterable(batch["input_ids"]))
+        if packing == "documents":
+            usable = len(ids) // max_seq_length * max_seq_length
+            starts = np.zeros(len(ids), dtype=bool)
+            starts[np.cumsum([0, *map(len, batch["input_ids"][:-1])])] = True
+            return {
+                "input_ids": [ids[start : start + max_seq_length] for start in range(0, usable, max_seq_length)],
+                "position_ids": document_positions(starts[:usable].reshape(-1, max_seq_length)).tolist(),
+            }
+        block = max_seq_length - 2
         usable = len(ids) // block * block
-        return {
-            "input_ids": [
-                [tokenizer.cls_token_id, *ids[start : start + block], tokenizer.sep_token_id]
-                for start in range(0, usable, block)
-            ]
-        }
+        return {"input_ids": [[cls, *ids[start : start + block], sep] for start in range(0, usable, block)]}
 
     tokenized = raw.map(
         tokenize,
@@ -240,7 +268,7 @@ def tokenize_and_group(
         batched=True,
         num_proc=num_proc,
         load_from_cache_file=load_from_cache_file,
-        desc=f"Grouping into blocks of {max_seq_length}",
+        desc=f"Grouping into blocks of {max_seq_length} ({packing})",
     )
     for split, dataset in grouped.items():
         if len(dataset) == 0:
@@ -248,6 +276,21 @@ def tokenize_and_group(
                 f"the {split} split has fewer than {max_seq_length} tokens: no block to train or evaluate on"
             )
     return grouped
+
+
+def document_positions(starts: np.ndarray) -> np.ndarray:
+    """(B, N) int64 positions from bool (B, N) document starts: 0 at each start, counting up until the next.
+
+    A block's first token is a start too: a document cut by a block boundary continues in the next block from
+    position 0, not from its offset in the document. Its continuation is a context of its own (it cannot attend to
+    the part before the boundary), and the enhanced mask decoder's absolute positions stay within the block's length,
+    which `check_max_seq_length` holds to max_position_embeddings.
+    """
+    starts = starts.copy()
+    starts[:, 0] = True
+    columns = np.broadcast_to(np.arange(starts.shape[1]), starts.shape)
+    last_start = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
+    return (columns - last_start).astype(np.int64)
 
 
 def mask_once(dataset: datasets.Dataset, collator: DataCollatorForDebertaMLM, seed: int) -> datasets.Dataset:
