@@ -221,16 +221,22 @@ class ReplacedTokenDetectionModel(nn.Module):
         labels: torch.LongTensor,
         special_tokens_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> ReplacedTokenDetectionOutput:
         r"""input_ids: the masked ids, as the MLM collator makes them; labels: the original ids at the masked positions,
-        -100 elsewhere; special_tokens_mask: 1 at tokens not to score (else `special_token_ids` decides). Other keyword
-        arguments (position_ids, ...) go to both models."""
+        -100 elsewhere; special_tokens_mask: 1 at tokens not to score (else `special_token_ids` decides);
+        position_ids: packed documents' positions, restarting at 0 at each document's start, for both models. Other
+        keyword arguments go to both models.
+
+        position_ids is named here, not left to **kwargs, because Trainer keeps only the dataset columns that the
+        forward's signature names."""
         masked = labels != -100
         generated = self.generator(
             input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
+            position_ids=position_ids,
             labels=labels,
             sparse_prediction=True,
             **kwargs,
@@ -247,7 +253,12 @@ class ReplacedTokenDetectionModel(nn.Module):
             ignored |= attention_mask == 0
         rtd_labels = rtd_labels.masked_fill(ignored, -100)
         detected = self.discriminator(
-            replaced_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=rtd_labels, **kwargs
+            replaced_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            labels=rtd_labels,
+            **kwargs,
         )
         return ReplacedTokenDetectionOutput(
             loss=generated.loss + self.rtd_lambda * detected.loss,
