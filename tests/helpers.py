@@ -1,5 +1,6 @@
 """Plain helpers the test modules share, imported as `from helpers import ...` (fixtures live in conftest.py)."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -418,6 +419,24 @@ def resumable_run_args(tokenizer_dir, output_dir, *extra) -> list[str]:
     )
 
 
+def document_packing_run_args(tokenizer_dir, output_dir) -> list[str]:
+    """`pretraining_args` for 2 training steps and one evaluation batch of 16 blocks, with `--packing documents`."""
+    return pretraining_args(
+        tokenizer_dir,
+        output_dir,
+        "--packing",
+        "documents",
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "2",
+        "--max_eval_samples",
+        "16",
+        "--save_strategy",
+        "no",
+    )
+
+
 # Runs scripts/{script}.py and kills itself with SIGKILL: during the KILL_SAVE-th checkpoint save, after its files are
 # written and before its marker is, or at the start of training step KILL_STEP.
 KILLING_DRIVER = """
@@ -479,3 +498,20 @@ class StopAtStep(TrainerCallback):
         self.steps.append(state.global_step)
         if state.global_step >= self.step:
             control.should_training_stop = True
+
+
+def record_position_ids(build, calls: list, *submodules: str):
+    """A pretraining script's model builder (`build`), wrapped so that every forward of the model it builds (or of its
+    `submodules`, by name) appends (name, training, input_ids, position_ids) to `calls`: what the model received."""
+
+    def record(name, module, args, kwargs):
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        calls.append((name, module.training, input_ids.clone(), kwargs.get("position_ids")))
+
+    def built(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for name in submodules or ("",):
+            model.get_submodule(name).register_forward_pre_hook(functools.partial(record, name), with_kwargs=True)
+        return model
+
+    return built

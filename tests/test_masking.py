@@ -97,6 +97,23 @@ def test_whole_words_are_masked_together(tokenizer, examples, masking):
         assert span_lengths[2] > 0 and span_lengths[3] > 0 and span_lengths[1] > span_lengths[2]
 
 
+@pytest.mark.parametrize("masking", ["token", "whole_word", "ngram"])
+def test_position_ids_pass_through_aligned_and_unmasked(tokenizer, examples, masking):
+    # Packed documents' positions: restarting at 0 every 7 tokens, rows of different lengths (so some padding).
+    packed = [{**example, "position_ids": [i % 7 for i in range(len(example["input_ids"]))]} for example in examples]
+    collator = DataCollatorForDebertaMLM(tokenizer, masking=masking)
+    torch.manual_seed(0)
+    batch = collator(packed)
+    torch.manual_seed(0)
+    without = collator(examples)
+    length = batch["input_ids"].shape[1]
+    expected = [[i % 7 for i in range(len(e["input_ids"]))] + [0] * (length - len(e["input_ids"])) for e in examples]
+    assert batch["position_ids"].dtype == torch.long and batch["position_ids"].tolist() == expected
+    # The same masks as without position_ids: they neither draw from the random stream nor get masked.
+    assert torch.equal(batch["input_ids"], without["input_ids"]) and torch.equal(batch["labels"], without["labels"])
+    assert "position_ids" not in without
+
+
 def test_masking_is_reproducible_with_the_seed(tokenizer, examples):
     collator = DataCollatorForDebertaMLM(tokenizer, masking="ngram")
     torch.manual_seed(3)

@@ -37,9 +37,11 @@ from helpers import (
     DATA,
     ROOT,
     assert_close_by_name,
+    document_packing_run_args,
     free_port,
     load_script,
     pretraining_args,
+    record_position_ids,
     resumable_run_args,
     run_and_kill,
 )
@@ -190,6 +192,31 @@ def test_continuing_from_a_run_restores_both_models(rtd_run, tokenizer_dir):
         atol=0,
         rtol=0,
     )
+
+
+def test_document_packing_reaches_generator_and_discriminator(tokenizer_dir, tmp_path, monkeypatch):
+    calls = []
+    builder = record_position_ids(pretrain_rtd.build_rtd_model, calls, "generator", "discriminator")
+    monkeypatch.setattr(pretrain_rtd, "build_rtd_model", builder)
+    pretrain_rtd.main(document_packing_run_args(tokenizer_dir, tmp_path / "run"))
+    # Two training steps and one evaluation batch, each a generator's forward, then the discriminator's.
+    assert [(name, training) for name, training, _, _ in calls] == [
+        ("generator", True),
+        ("discriminator", True),
+        ("generator", True),
+        ("discriminator", True),
+        ("generator", False),
+        ("discriminator", False),
+    ]
+    cls_id = AutoTokenizer.from_pretrained(tokenizer_dir).cls_token_id
+    pairs = zip(calls[::2], calls[1::2], strict=True)
+    for (_, _, input_ids, position_ids), (_, _, _, discriminator_position_ids) in pairs:
+        # The generator's input is masked by the collator, which leaves every [CLS] (each document's start) as it
+        # is; the discriminator's has the generator's samples, which may be any token, and the same positions.
+        starts = input_ids == cls_id
+        starts[:, 0] = True
+        assert position_ids is not None and torch.equal(position_ids == 0, starts)
+        assert torch.equal(discriminator_position_ids, position_ids)
 
 
 @pytest.mark.parametrize("sharing", ["gdes", "shared"])

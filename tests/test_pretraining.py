@@ -18,15 +18,18 @@ from deberta_lite.pretraining import (
     predictions_from_logits,
     run_pretraining,
     run_rtd_pretraining,
+    tokenize_and_group,
 )
 
 from helpers import (
     ROOT,
     StopAtStep,
     assert_close_by_name,
+    document_packing_run_args,
     load_script,
     pretraining_args,
     pretraining_inputs,
+    record_position_ids,
     resumable_run_args,
 )
 
@@ -240,3 +243,80 @@ def test_bad_text_files_get_clear_errors_or_counted_skips(tokenizer_dir, tmp_pat
     blocks = tokenize_and_group(raw, tokenizer, max_seq_length=128, load_from_cache_file=False)
     assert len(blocks["train"]) > 100
     assert all(len(ids) == 128 for ids in blocks["train"]["input_ids"][:50])
+
+
+# Four documents of one-piece words, 3, 1, 10 and 2 pieces long: "the" is piece 7, "of" 9, "and" 13, "in" 14 in the
+# tokenizer trained on the bundled corpus; [CLS] is 1, [SEP] 2.
+DOCUMENTS = ["the the the", "of", " ".join(["and"] * 10), "in in"]
+THE, OF, AND, IN, CLS, SEP = 7, 9, 13, 14, 1, 2
+
+
+def _grouped(tokenizer_dir, packing):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in DOCUMENTS] == [3, 1, 10, 2]
+    split = datasets.Dataset.from_dict({"text": DOCUMENTS})
+    raw = datasets.DatasetDict(train=split, validation=split)
+    return tokenize_and_group(raw, tokenizer, max_seq_length=8, load_from_cache_file=False, packing=packing)["train"]
+
+
+def test_document_packing_restarts_positions_at_each_document(tokenizer_dir):
+    blocks = _grouped(tokenizer_dir, "documents")
+    # Documents of 5, 3, 12 and 4 tokens with their [CLS] and [SEP]: 24 tokens, three full rows of 8. The third
+    # document fills row 2 and continues in row 3 from position 0.
+    assert blocks["input_ids"] == [
+        [CLS, THE, THE, THE, SEP, CLS, OF, SEP],
+        [CLS, AND, AND, AND, AND, AND, AND, AND],
+        [AND, AND, AND, SEP, CLS, IN, IN, SEP],
+    ]
+    assert blocks["position_ids"] == [
+        [0, 1, 2, 3, 4, 0, 1, 2],
+        [0, 1, 2, 3, 4, 5, 6, 7],
+        [0, 1, 2, 3, 0, 1, 2, 3],
+    ]
+
+
+def test_concatenate_packing_is_unchanged(tokenizer_dir):
+    blocks = _grouped(tokenizer_dir, "concatenate")
+    # 16 pieces, documents run into one another: two rows of [CLS] + 6 pieces + [SEP], the last 4 pieces dropped.
+    assert blocks.column_names == ["input_ids"]
+    assert blocks["input_ids"] == [
+        [CLS, THE, THE, THE, OF, AND, AND, SEP],
+        [CLS, AND, AND, AND, AND, AND, AND, SEP],
+    ]
+
+
+def test_unknown_packing_is_refused(tokenizer_dir):
+    with pytest.raises(ValueError, match="packing='lines' is invalid"):
+        _grouped(tokenizer_dir, "lines")
+
+
+def _assert_positions_restart_at_documents(input_ids, position_ids):
+    """In document packing, position 0 is exactly a row's first token or a [CLS] (every document starts with one,
+    masking never touches it), and every other position is the previous one plus 1."""
+    assert position_ids is not None
+    input_ids, position_ids = torch.as_tensor(input_ids), torch.as_tensor(position_ids)
+    assert position_ids.dtype == torch.long and position_ids.shape == input_ids.shape
+    starts = input_ids == CLS
+    starts[:, 0] = True
+    assert torch.equal(position_ids == 0, starts)
+    assert torch.equal(position_ids[:, 1:][~starts[:, 1:]], position_ids[:, :-1][~starts[:, 1:]] + 1)
+
+
+def test_document_packing_of_the_bundled_corpus_and_its_evaluation_masks(tokenizer_dir, tmp_path):
+    _, _, train_dataset, eval_dataset, _ = pretraining_inputs(tokenizer_dir, tmp_path, "--packing", "documents")
+    train = train_dataset.with_format("torch")[:200]
+    assert (train["input_ids"] != 0).all()  # full rows: no padding
+    _assert_positions_restart_at_documents(train["input_ids"], train["position_ids"])
+    assert (train["position_ids"][:, 1:] == 0).sum() > 100  # documents start inside rows, not only at row starts
+    evaluation = eval_dataset.with_format("torch")[:]
+    assert (evaluation["labels"] != -100).any()  # masked once, positions kept
+    _assert_positions_restart_at_documents(evaluation["input_ids"], evaluation["position_ids"])
+
+
+def test_document_packing_reaches_the_masked_lm_in_training_and_evaluation(tokenizer_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pretrain_mlm, "build_masked_lm", record_position_ids(pretrain_mlm.build_masked_lm, calls))
+    pretrain_mlm.main(document_packing_run_args(tokenizer_dir, tmp_path / "run"))
+    assert [training for _, training, _, _ in calls] == [True, True, False]
+    for _, _, input_ids, position_ids in calls:
+        _assert_positions_restart_at_documents(input_ids, position_ids)
