@@ -69,13 +69,14 @@ def test_unpadded_equals_padded_for_every_head(model_class, backend, monkeypatch
     assert_close_by_name(unpadded_grads, padded_grads, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4], [2], [1]], ids=["ragged", "one-left-padded-row", "no-padding"])
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "deberta_chunked", "deberta_flex"])
-def test_every_position_and_row_shape_matches_the_padded_computation(backend):
-    """Left and right padding, a one-token row, an empty row, a full row; padded positions included (a left-padded
-    row's first position is padding, and the pooler reads it)."""
+def test_every_position_and_row_shape_matches_the_padded_computation(backend, rows):
+    """Left and right padding, a one-token row, an empty row, a full row, batch size 1; padded positions included (a
+    left-padded row's first position is padding, and the pooler reads it)."""
     model = DebertaLiteModel(tiny_config(position_biased_input=True)).eval()
-    input_ids = torch.randint(3, 100, (5, 12), generator=torch.Generator().manual_seed(1))
-    attention_mask = ragged_mask()
+    input_ids = torch.randint(3, 100, (5, 12), generator=torch.Generator().manual_seed(1))[rows]
+    attention_mask = ragged_mask()[rows]
     states = {}
     for unpad in (False, True):
         model.set_attn_implementation(backend if unpad else "eager")
