@@ -52,12 +52,36 @@ the first that applies:
 Shapes are matched by size, so a profile shape where N or B*N equals H, I, R or d blurs the rules: prefer lengths
 different from the hidden size and the relative table's rows.
 
+--varlen FILE measures batches of real texts instead of the shape matrix: the texts of a .txt file (one per
+non-blank line) or of a .tsv/.csv column (`text`, `sentence`, or the pair `sentence1`/`sentence2`; --varlen_column
+names others), tokenized with --tokenizer (default: the bundled data/spm model, offline), truncated at
+--varlen_max_length, and --varlen_batches batches of --varlen_batch_size drawn at random (seeded, no length grouping),
+right-padded to each batch's longest row as DataCollatorWithPadding does. Ids beyond a small config's vocabulary are
+folded into it. Models: DeBERTa-lite unpadded (unpad_batches=True) and padded (unpad_batches=False), BertModel (sdpa),
+transformers' DebertaV2, ModernBertModel (sdpa, random weights, the same width, depth, heads and FFN width) and, when
+it imports, DebertaV2 + disentangled-flash padded and packed (`encoder.forward_packed` with cu_seqlens). DeBERTa-lite
+also runs batches drawn as transformers' `--group_by_length` draws them (LengthGroupedSampler's order). Each row: the
+real (non-padding) tokens per second over all batches, the seconds of one pass over them (median of --repeats passes
+after a warm-up), its peak memory and the batches' padding fraction; a forward under inference_mode and, with
+--varlen_train, a training step per batch (forward and backward of a fixed random readout of the real tokens' last
+hidden states). Time is also given relative to BertModel padded and to disentangled-flash packed on the random
+batches (their tokens per second over the row's). At every batch, DeBERTa-lite unpadded is compared with padded and
+disentangled-flash with DebertaV2 at the real tokens, with a warning above the dtype's tolerance. --plot draws the
+relative times as bars.
+
+--emd_shapes BxN times the masked LM's enhanced mask decoder (EMD) at every position against the masked positions
+only (15% masked at random, seeded): forward and backward of `enhanced_mask_decoder` alone on a fixed hidden state,
+and a whole MLM training step with sparse_prediction=False (dense: the EMD and the vocabulary projection at every
+position) and sparse_prediction=True (masked only). The masked-only rows carry the speedup (all / masked).
+
     python scripts/benchmark.py                                      # base size, CPU fp32: hours on 2 cores
     python scripts/benchmark.py --shapes 1x512 1x2048 --lean_shapes 1x8192 --train_shapes
     python scripts/benchmark.py --device cuda --dtype bf16           # on a GPU
     python scripts/benchmark.py --plot outputs/benchmark.png         # measure, then plot
     python scripts/benchmark.py --from_json outputs/benchmark.json --plot docs/benchmark.png  # plot an earlier run
     python scripts/benchmark.py --profile --profile_shapes 8x512 1x2048
+    python scripts/benchmark.py --varlen data/wiki_sample/train.txt --varlen_train --plot outputs/varlen.png
+    python scripts/benchmark.py --emd_shapes 8x512
 """
 
 import argparse
@@ -77,10 +101,22 @@ from pathlib import Path
 import psutil
 import torch
 from torch.profiler import ProfilerActivity, profile
-from transformers import BertConfig, BertModel, DebertaV2Model
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    DataCollatorWithPadding,
+    DebertaV2Model,
+    ModernBertConfig,
+    ModernBertModel,
+)
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from deberta_lite import DebertaLiteConfig, DebertaLiteModel
+from deberta_lite import DebertaLiteConfig, DebertaLiteForMaskedLM, DebertaLiteModel
 from deberta_lite.convert import convert_checkpoint
+from deberta_lite.data import read_table
+from deberta_lite.tokenization import tokenizer_from_spm
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,12 +132,17 @@ COLUMNS = {
     "debertav2_disentangled_flash": "DebertaV2 + disentangled-flash",
     "flashdeberta": "FlashDeBERTa",
     "bert_sdpa": "BertModel (sdpa)",
+    # --varlen only
+    "deberta_lite_unpadded": "DeBERTa-lite unpadded",
+    "deberta_lite_padded": "DeBERTa-lite padded",
+    "modernbert": "ModernBERT (sdpa)",
+    "debertav2_disentangled_flash_packed": "DebertaV2 + disentangled-flash packed",
 }
 PEERS = ("debertav2_disentangled_flash", "flashdeberta")
 # The plot leaves out the chunked backend: the default switches to it from 1024 tokens, so its line would mostly
 # lie on DeBERTa-lite's.
 PLOTTED = [name for name in COLUMNS if name != "deberta_lite_chunked"]
-# Largest |peer - DebertaV2| of the last hidden state accepted without a warning, per dtype.
+# Largest |output - reference| of the last hidden state accepted without a warning, per dtype.
 PEER_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
 
 
@@ -199,11 +240,36 @@ class DisentangledFlashDebertaV2(torch.nn.Module):
         self.training_model.train(mode)
         return self
 
-    def forward(self, input_ids: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if self.training:
-            return self.training_model(input_ids)
+            return self.training_model(input_ids, attention_mask=attention_mask)
         self.inference_model.encoder.activate_shape(input_ids.shape[1])
-        return self.inference_model(input_ids)
+        return self.inference_model(input_ids, attention_mask=attention_mask)
+
+    def forward_packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BaseModelOutput:
+        """The varlen path: the embedded real tokens of a right-padded batch packed into one (tokens, H) sequence
+        with cu_seqlens (`encoder.forward_packed`), its output padded back to (B, N, H)."""
+        from disentangled_flash import pack_padded_with_info, unpack_packed
+
+        model = self.training_model if self.training else self.inference_model
+        embedded = model.embeddings(input_ids=input_ids, mask=attention_mask)
+        tokens, cu_seqlens, info = pack_padded_with_info(embedded, attention_mask)
+        packed = model.encoder.forward_packed(
+            tokens, cu_seqlens, info.max_seqlen, packed_info=info, output_hidden_states=False
+        ).last_hidden_state
+        hidden_states, _ = unpack_packed(packed, cu_seqlens, input_ids.shape[1], packed_info=info)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class PackedDisentangledFlash(torch.nn.Module):
+    """The disentangled-flash column's model (the same weights) called through its packed varlen path."""
+
+    def __init__(self, model: DisentangledFlashDebertaV2):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BaseModelOutput:
+        return self.model.forward_packed(input_ids, attention_mask)
 
 
 def disentangled_flash_peer(debertav2: DebertaV2Model, device: torch.device, lengths: list[int]):
@@ -238,15 +304,18 @@ def load_config(size: str) -> DebertaLiteConfig:
     return DebertaLiteConfig.from_json_file(ROOT / "configs" / f"{size}.json")
 
 
+def same_size(config: DebertaLiteConfig) -> dict:
+    """The vocabulary, width, depth, heads and FFN width of `config`, under the names BERT's and ModernBERT's configs
+    share with it."""
+    names = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    return {name: getattr(config, name) for name in names}
+
+
 def build_bert(config: DebertaLiteConfig) -> BertModel:
     """BertModel (sdpa) with DeBERTa-lite's width, depth, heads, FFN and vocabulary."""
     return BertModel(
         BertConfig(
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
+            **same_size(config),
             hidden_dropout_prob=config.hidden_dropout_prob,
             attention_probs_dropout_prob=config.attention_probs_dropout_prob,
             max_position_embeddings=8192,
@@ -257,28 +326,62 @@ def build_bert(config: DebertaLiteConfig) -> BertModel:
     )
 
 
-def build_models(size: str, dtype: torch.dtype, device: torch.device, peer_lengths: list[int]) -> tuple[dict, dict]:
+def build_modernbert(config: DebertaLiteConfig) -> ModernBertModel:
+    """ModernBertModel (sdpa, random weights) with DeBERTa-lite's width, depth, heads, FFN width, vocabulary and
+    dropout.
+
+    The rest is ModernBERT's own design: a GLU FFN (so 1.5 times the FFN weights at the same width), rotary positions,
+    and sliding-window attention (128 tokens) in two layers of three. The special token ids are the bundled
+    tokenizer's ([PAD] 0, [CLS] 1, [SEP] 2) instead of its 50k-vocabulary defaults.
+    """
+    return ModernBertModel(
+        ModernBertConfig(
+            **same_size(config),
+            embedding_dropout=config.hidden_dropout_prob,
+            mlp_dropout=config.hidden_dropout_prob,
+            attention_dropout=config.attention_probs_dropout_prob,
+            pad_token_id=0,
+            bos_token_id=1,
+            cls_token_id=1,
+            eos_token_id=2,
+            sep_token_id=2,
+            attn_implementation="sdpa",
+        )
+    )
+
+
+def default_variants(device: torch.device) -> dict[str, dict]:
+    """DeBERTa-lite's columns of the shape matrix: name -> attention implementation and config overrides."""
+    variants = {"deberta_lite": {}, "deberta_lite_chunked": {"attn_implementation": "deberta_chunked"}}
+    if device.type == "cuda":  # flex_attention is a fused kernel on GPUs only (on a CPU: unfused, forward only)
+        variants["deberta_lite_flex"] = {"attn_implementation": "deberta_flex"}
+    return variants
+
+
+def build_models(
+    size: str, dtype: torch.dtype, device: torch.device, peer_lengths: list[int], variants: dict | None = None
+) -> tuple[dict, dict]:
     """The measured models by name, and a description of each peer that could be built (its package imports).
 
-    Peers prepare their inference path for `peer_lengths`.
+    DeBERTa-lite runs in each of `variants` (default: `default_variants`), all with the same weights, as
+    {name: {"attn_implementation": ..., config field: value}}. Peers prepare their inference path for `peer_lengths`.
     """
     config = load_config(size)
     torch.manual_seed(0)
     lite = DebertaLiteModel(config)
 
-    def same_weights(implementation: str) -> DebertaLiteModel:
-        model = DebertaLiteModel(config)
+    def variant(attn_implementation: str | None = None, **config_overrides) -> DebertaLiteModel:
+        variant_config = copy.deepcopy(config)
+        variant_config.update(config_overrides)
+        model = DebertaLiteModel(variant_config)
         model.load_state_dict(lite.state_dict())
-        model.set_attn_implementation(implementation)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
         return model
 
-    models = {
-        "deberta_lite": lite,
-        "deberta_lite_chunked": same_weights("deberta_chunked"),
-        "bert_sdpa": build_bert(config),
-    }
-    if device.type == "cuda":  # flex_attention is a fused kernel on GPUs only (on a CPU: unfused, forward only)
-        models["deberta_lite_flex"] = same_weights("deberta_flex")
+    variants = default_variants(device) if variants is None else variants
+    models = {name: lite if not options else variant(**options) for name, options in variants.items()}
+    models["bert_sdpa"] = build_bert(config)
     peers = {}
     with tempfile.TemporaryDirectory() as directory:
         lite.save_pretrained(Path(directory) / "lite")
@@ -310,18 +413,19 @@ def train_step_models(models: dict) -> list[str]:
     return names
 
 
-def last_hidden_state(model, input_ids: torch.Tensor) -> torch.Tensor:
+def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     with torch.inference_mode():
-        return model.eval()(input_ids).last_hidden_state.float()
+        return model.eval()(input_ids, attention_mask=attention_mask).last_hidden_state.float()
 
 
 def check_peer(name: str, output: torch.Tensor, reference_name: str, reference: torch.Tensor, dtype: str) -> float:
-    """The largest |peer - reference|, with a warning when it exceeds the dtype's tolerance."""
+    """The largest |output - reference|, with a warning when it exceeds the dtype's tolerance. Names are keys of
+    COLUMNS, or titles of their own."""
     difference = (output - reference).abs().max().item()
     if not difference <= PEER_TOLERANCE[dtype]:  # also NaN
         print(
-            f"WARNING: {COLUMNS[name]} differs from {COLUMNS[reference_name]} by up to {difference:.3g} "
-            f"(tolerance {PEER_TOLERANCE[dtype]:g} in {dtype})",
+            f"WARNING: {COLUMNS.get(name, name)} differs from {COLUMNS.get(reference_name, reference_name)} by up to "
+            f"{difference:.3g} (tolerance {PEER_TOLERANCE[dtype]:g} in {dtype})",
             flush=True,
         )
     return difference
@@ -346,7 +450,7 @@ def main(argv=None) -> list[dict] | dict:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument(
-        "--output", help="results JSON (default outputs/benchmark.json, with --profile outputs/profile.json)"
+        "--output", help="results JSON (default outputs/benchmark.json; profile.json, varlen.json or emd.json)"
     )
     parser.add_argument("--plot", metavar="FILE.png", help="draw time and peak memory against sequence length")
     parser.add_argument("--from_json", metavar="FILE", help="table and --plot from an earlier run's JSON, no run")
@@ -355,30 +459,74 @@ def main(argv=None) -> list[dict] | dict:
     parser.add_argument(
         "--profile_inference", action="store_true", help="with --profile: an inference forward, not a training step"
     )
+    varlen = parser.add_argument_group("--varlen: batches of real texts (see above)")
+    varlen.add_argument("--varlen", metavar="FILE", help="a .txt, .tsv or .csv file of texts, e.g. data/*/train.tsv")
+    varlen.add_argument(
+        "--varlen_column", nargs="+", help="its text column, or two for pairs (default: text, sentence or sentence1/2)"
+    )
+    varlen.add_argument("--tokenizer", help="a tokenizer directory or a SentencePiece .model (default: data/spm's)")
+    varlen.add_argument("--varlen_batch_size", type=int, default=32)
+    varlen.add_argument("--varlen_batches", type=int, default=6)
+    varlen.add_argument("--varlen_max_length", type=int, default=512, help="truncation, in tokens")
+    varlen.add_argument("--varlen_train", action="store_true", help="time training steps too")
+    parser.add_argument(
+        "--emd_shapes", nargs="*", default=[], help="the masked LM's enhanced mask decoder, all positions or masked"
+    )
     args = parser.parse_args(argv)
     if args.plot and not plot_available():
         parser.error(f"--plot needs matplotlib, which is not installed: {BENCH_EXTRA}")
-    if args.profile and args.from_json:
-        parser.error("--profile measures a new run; it does not read --from_json")
+    modes = [
+        option
+        for option, chosen in (
+            ("--from_json", args.from_json),
+            ("--profile", args.profile),
+            ("--varlen", args.varlen),
+            ("--emd_shapes", args.emd_shapes),
+        )
+        if chosen
+    ]
+    if len(modes) > 1:
+        parser.error(f"{' and '.join(modes)} are separate runs: pick one")
     if args.profile and args.device != "cpu":
         parser.error("--profile breaks down CPU time; run it with --device cpu")
+    if args.plot and (args.profile or args.emd_shapes):
+        parser.error("--plot draws the shape matrix and --varlen runs, not --profile or --emd_shapes")
 
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
-        print(markdown_table(results))
+        mode = results.get("mode")
+        if args.plot and mode not in (None, "varlen"):
+            parser.error(f"--plot draws the shape matrix and --varlen runs; {args.from_json} holds a {mode} run")
+        print({"varlen": varlen_markdown, "emd": emd_markdown}.get(mode, markdown_table)(results))
         if args.plot:
-            plot(results, args.plot)
+            (plot_varlen if mode == "varlen" else plot)(results, args.plot)
         return results["rows"]
 
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     if args.profile:
-        output = Path(args.output or ROOT / "outputs" / "profile.json")
         profiles = profile_layers(args.size, dtype, args.profile_shapes, args.repeats, not args.profile_inference)
         print(profile_markdown(profiles))
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"args": vars(args), "profiles": profiles}, indent=2))
+        write_results({"args": vars(args), "profiles": profiles}, args.output, "profile.json")
         return profiles
+    if args.varlen:
+        results = varlen_benchmark(args, device, dtype)
+        print()
+        print(varlen_markdown(results))
+        write_results(results, args.output, "varlen.json")
+        if args.plot:
+            plot_varlen(results, args.plot)
+        return results["rows"]
+    if args.emd_shapes:
+        results = {
+            "mode": "emd",
+            "args": vars(args),
+            "rows": emd_benchmark(args.size, args.dtype, device, args.emd_shapes, args.repeats),
+        }
+        print()
+        print(emd_markdown(results))
+        write_results(results, args.output, "emd.json")
+        return results["rows"]
 
     peer_lengths = [parse_shape(shape)[1] for shape in args.shapes + args.train_shapes]
     models, peers = build_models(args.size, dtype, device, peer_lengths)
@@ -409,12 +557,17 @@ def main(argv=None) -> list[dict] | dict:
     results = {"args": vars(args), "peers": peers, "rows": rows}
     print()
     print(markdown_table(results))
-    output = Path(args.output or ROOT / "outputs" / "benchmark.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2))
+    write_results(results, args.output, "benchmark.json")
     if args.plot:
         plot(results, args.plot)
     return rows
+
+
+def write_results(results: dict, output: str | None, default_name: str) -> None:
+    """The run's JSON at --output, by default outputs/<default_name>."""
+    path = Path(output or ROOT / "outputs" / default_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
 
 
 def markdown_table(results: dict) -> str:
@@ -511,6 +664,390 @@ def plot(results: dict, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     print(f"plot written to {path}")
+
+
+# --varlen: batches of real texts, DeBERTa-lite unpadded and padded against padded models (see the module docstring).
+BUNDLED_SPM = ROOT / "data" / "spm" / "unigram_1000.model"
+# The text columns looked for, in order, when --varlen_column is not given (two columns: sentence pairs).
+TEXT_COLUMNS = (("text",), ("sentence",), ("sentence1", "sentence2"))
+VARLEN_SEED = 0
+VARLEN_LITE = {"deberta_lite_unpadded": {"unpad_batches": True}, "deberta_lite_padded": {"unpad_batches": False}}
+# The models that also run the length-grouped batches.
+GROUPED = ("deberta_lite_unpadded", "deberta_lite_padded")
+# (model, reference): last hidden states compared at the real tokens of every batch.
+VARLEN_CHECKS = (
+    ("deberta_lite_unpadded", "deberta_lite_padded"),
+    ("debertav2_disentangled_flash", "transformers_debertav2"),
+    ("debertav2_disentangled_flash_packed", "transformers_debertav2"),
+)
+VARLEN_INPUT = {"deberta_lite_unpadded": "unpadded", "debertav2_disentangled_flash_packed": "packed"}
+SAMPLINGS = {"random": "random", "grouped": "length-grouped"}
+# Relative times are to these, on the random batches.
+VARLEN_BASELINES = ("bert_sdpa", "debertav2_disentangled_flash_packed")
+
+
+def load_tokenizer(source: str | None):
+    """--tokenizer: a tokenizer directory, or a SentencePiece .model wrapped as a DebertaV2Tokenizer (by default the
+    bundled one, so the benchmark runs offline). Right padding, as the packed peer path needs."""
+    if source is None or Path(source).is_file():
+        tokenizer = tokenizer_from_spm(source or BUNDLED_SPM)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def varlen_texts(path: str, columns: list[str] | None) -> list[list[str]]:
+    """The file's texts as columns (one, or two for pairs), rows with no text left out."""
+    table = read_table(path, "varlen")
+    if columns is None:
+        columns = next((names for names in TEXT_COLUMNS if set(names) <= set(table.column_names)), None)
+        if columns is None:
+            raise ValueError(f"{path} has no text column among {table.column_names}: name one with --varlen_column")
+    missing = [name for name in columns if name not in table.column_names]
+    if missing or not 1 <= len(columns) <= 2:
+        raise ValueError(f"--varlen_column takes one or two of the columns of {path}, {table.column_names}")
+    rows = [[text or "" for text in row] for row in zip(*(table[name] for name in columns), strict=True)]
+    rows = [row for row in rows if any(text.strip() for text in row)]
+    if not rows:
+        raise ValueError(f"{path} has no text in {columns}")
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def draw_batches(lengths: list[int], batch_size: int, count: int, grouped: bool) -> list[list[int]]:
+    """`count` batches of row indices (seeded), picked at random among the full batches of one epoch over the rows:
+    in a random order, or with `grouped` in the length-grouped order of transformers' LengthGroupedSampler
+    (`--group_by_length`: megabatches of up to 50 batches sorted by length)."""
+    generator = torch.Generator().manual_seed(VARLEN_SEED)
+    if grouped:
+        order = get_length_grouped_indices(lengths, batch_size, generator=generator)
+    else:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+    epoch = [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+    if len(epoch) < count:
+        raise ValueError(
+            f"{len(lengths)} texts make {len(epoch)} batches of {batch_size}, fewer than --varlen_batches {count}"
+        )
+    return [epoch[i] for i in torch.randperm(len(epoch), generator=generator)[:count].tolist()]
+
+
+def padding_summary(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    real = sum(int(attention_mask.sum()) for _, attention_mask in batches)
+    padded = sum(attention_mask.numel() for _, attention_mask in batches)
+    return {
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "padding_fraction": 1 - real / padded,
+        "widths": [attention_mask.shape[1] for _, attention_mask in batches],
+    }
+
+
+def varlen_forward(model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.inference_mode():
+        model.eval()
+        for input_ids, attention_mask in batches:
+            model(input_ids, attention_mask=attention_mask)
+
+
+def varlen_train(model, batches: list[tuple[torch.Tensor, torch.Tensor]], readouts: list[torch.Tensor]) -> None:
+    """A training step per batch: forward and backward of a fixed random readout of the real tokens' last hidden
+    states (zero at the padding), so every model backpropagates the same loss."""
+    model.train()
+    for (input_ids, attention_mask), readout in zip(batches, readouts, strict=True):
+        model.zero_grad(set_to_none=True)
+        (model(input_ids, attention_mask=attention_mask).last_hidden_state.float() * readout).sum().backward()
+
+
+def varlen_models(size: str, dtype: torch.dtype, device: torch.device, lengths: list[int]) -> tuple[dict, dict]:
+    """DeBERTa-lite unpadded and padded, BertModel, DebertaV2, ModernBERT and the disentangled-flash peer padded and
+    packed (when it imports), by name in COLUMNS order, and the peers' descriptions."""
+    models, peers = build_models(size, dtype, device, lengths, VARLEN_LITE)
+    try:
+        models["modernbert"] = build_modernbert(models["deberta_lite_padded"].config).to(device=device, dtype=dtype)
+    except (ValueError, RuntimeError, TypeError) as error:  # a transformers whose ModernBERT cannot be built here
+        print(f"No ModernBERT column: {error}")
+    flash = models.get("debertav2_disentangled_flash")
+    if flash is not None:
+        models["debertav2_disentangled_flash_packed"] = PackedDisentangledFlash(flash)
+        peers["debertav2_disentangled_flash_packed"] = peers["debertav2_disentangled_flash"] + ", forward_packed"
+    return {name: models[name] for name in COLUMNS if name in models}, peers
+
+
+def varlen_agreement(models: dict, batches: list, dtype: str) -> dict[str, tuple[str, float]]:
+    """model -> (its reference, the largest difference of their last hidden states at the real tokens of every
+    batch), warned about above the dtype's tolerance."""
+    checks = [(name, reference) for name, reference in VARLEN_CHECKS if name in models and reference in models]
+    outputs = {
+        name: torch.cat(
+            [
+                last_hidden_state(models[name], input_ids, attention_mask)[attention_mask.bool()]
+                for input_ids, attention_mask in batches
+            ]
+        )
+        for name in dict.fromkeys(name for pair in checks for name in pair)
+    }
+    return {
+        name: (reference, check_peer(name, outputs[name], reference, outputs[reference], dtype))
+        for name, reference in checks
+    }
+
+
+def varlen_benchmark(args, device: torch.device, dtype: torch.dtype) -> dict:
+    """--varlen: every model over the random batches, DeBERTa-lite also over length-grouped ones, forward and (with
+    --varlen_train) training steps; real tokens per second."""
+    tokenizer = load_tokenizer(args.tokenizer)
+    texts = varlen_texts(args.varlen, args.varlen_column)
+    token_ids = tokenizer(*texts, truncation=True, max_length=args.varlen_max_length)["input_ids"]
+    lengths = [len(ids) for ids in token_ids]
+    rows_of = {
+        sampling: draw_batches(lengths, args.varlen_batch_size, args.varlen_batches, sampling == "grouped")
+        for sampling in SAMPLINGS
+    }
+    collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    config = load_config(args.size)
+    if len(tokenizer) > config.vocab_size:
+        # Speed depends on the lengths, not on which ids fill them (a tiny config's vocabulary is smaller).
+        print(f"Token ids folded into the {args.size} config's {config.vocab_size}-entry vocabulary")
+    samplings, batches = {}, {}
+    for sampling, rows in rows_of.items():
+        batches[sampling] = []
+        for batch_rows in rows:
+            batch = collator([{"input_ids": token_ids[i]} for i in batch_rows])
+            input_ids = batch["input_ids"] % config.vocab_size
+            batches[sampling].append((input_ids.to(device), batch["attention_mask"].to(device)))
+        samplings[sampling] = {"rows": rows, **padding_summary(batches[sampling])}
+    models, peers = varlen_models(args.size, dtype, device, samplings["random"]["widths"])
+    kinds = ["forward", "train step"] if args.varlen_train else ["forward"]
+    results = []
+    for sampling, sampling_batches in batches.items():
+        names = list(models) if sampling == "random" else [name for name in GROUPED if name in models]
+        agreement = varlen_agreement({name: models[name] for name in names}, sampling_batches, args.dtype)
+        generator = torch.Generator().manual_seed(VARLEN_SEED)
+        readouts = [
+            (
+                torch.randn(*input_ids.shape, config.hidden_size, generator=generator) * attention_mask[..., None].cpu()
+            ).to(device)
+            for input_ids, attention_mask in sampling_batches
+        ]
+        for kind in kinds:
+            for name in names:
+                if kind == "forward":
+                    step = functools.partial(varlen_forward, models[name], sampling_batches)
+                else:
+                    step = functools.partial(varlen_train, models[name], sampling_batches, readouts)
+                seconds, peak = timed(step, device, args.repeats)
+                real_tokens = samplings[sampling]["real_tokens"]
+                row = {
+                    "batches": sampling,
+                    "kind": kind,
+                    "model": name,
+                    "seconds": seconds,
+                    "peak_bytes": peak,
+                    "real_tokens": real_tokens,
+                    "tokens_per_s": real_tokens / seconds,
+                    "padding_fraction": samplings[sampling]["padding_fraction"],
+                }
+                if name in agreement:
+                    row["reference"], row["max_abs_diff"] = agreement[name]
+                results.append(row)
+                print(
+                    f"{kind:10s} {sampling:7s} {name:36s} {seconds:8.3f} s  {real_tokens / seconds:9.0f} tokens/s  "
+                    f"{peak / 2**30:6.2f} GiB",
+                    flush=True,
+                )
+                models[name].zero_grad(set_to_none=True)
+    return {"mode": "varlen", "args": vars(args), "peers": peers, "samplings": samplings, "rows": results}
+
+
+def relative_times(results: dict) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(batches, kind, model) -> time relative to BertModel padded and to the packed peer, over the random batches
+    of the same step kind: their real tokens per second over the row's."""
+    rows = results["rows"]
+    baselines = {
+        (r["kind"], r["model"]): r["tokens_per_s"]
+        for r in rows
+        if r["batches"] == "random" and r["model"] in VARLEN_BASELINES
+    }
+    return {
+        (r["batches"], r["kind"], r["model"]): {
+            name: baselines[(r["kind"], name)] / r["tokens_per_s"]
+            for name in VARLEN_BASELINES
+            if (r["kind"], name) in baselines
+        }
+        for r in rows
+    }
+
+
+def varlen_markdown(results: dict) -> str:
+    """One row per batches, step and model: real tokens per second, seconds over all batches, peak memory, relative
+    time to BertModel padded and to the packed peer on the random batches, and the agreement checks."""
+    args, samplings = results["args"], results["samplings"]
+    header = (
+        f"{args['size']} size, {args['dtype']}, {args['device']}"
+        + (f", {args['threads']} threads" if args["device"] == "cpu" else "")
+        + f", median of {args['repeats']} passes; {args['varlen']}: {args['varlen_batches']} batches of "
+        + f"{args['varlen_batch_size']}, truncated at {args['varlen_max_length']} tokens; padding "
+        + ", ".join(f"{SAMPLINGS[s]} {100 * summary['padding_fraction']:.1f}%" for s, summary in samplings.items())
+        + "".join(f"; {COLUMNS[name]}: {description}" for name, description in results.get("peers", {}).items())
+    )
+    relative = relative_times(results)
+    lines = [
+        header,
+        "",
+        "| batches | step | model | input | real tokens/s | seconds | peak GiB | time / BERT padded "
+        "| time / disentangled-flash packed | max abs diff (reference) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        ratios = relative[(r["batches"], r["kind"], r["model"])]
+        cells = [
+            SAMPLINGS[r["batches"]],
+            r["kind"],
+            COLUMNS[r["model"]],
+            VARLEN_INPUT.get(r["model"], "padded"),
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['seconds']:.3f}",
+            f"{r['peak_bytes'] / 2**30:.2f}",
+            *(f"{ratios[name]:.2f}×" if name in ratios else "—" for name in VARLEN_BASELINES),
+            f"{r['max_abs_diff']:.2g} ({COLUMNS[r['reference']]})" if "reference" in r else "—",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_varlen(results: dict, path: str) -> None:
+    """A bar per model and batches: time relative to BertModel padded on the random batches, one panel per step kind."""
+    from matplotlib.figure import Figure  # an optional dependency, checked at argument parsing
+
+    relative, args = relative_times(results), results["args"]
+    kinds = list(dict.fromkeys(r["kind"] for r in results["rows"]))
+    figure = Figure(figsize=(9, 0.4 * len(results["rows"]) + 1.5 * len(kinds)), layout="constrained")
+    figure.suptitle(
+        f"{args['size']} size, {args['dtype']}, {args['device']}: {args['varlen_batches']} batches of "
+        f"{args['varlen_batch_size']} from {Path(args['varlen']).name}"
+    )
+    for axis, kind in zip(figure.subplots(len(kinds), 1, squeeze=False)[:, 0], kinds, strict=True):
+        rows = [
+            r
+            for r in results["rows"]
+            if r["kind"] == kind and "bert_sdpa" in relative[(r["batches"], kind, r["model"])]
+        ]
+        labels = [
+            f"{COLUMNS[r['model']]} ({SAMPLINGS[r['batches']]} batches)"
+            if r["batches"] != "random"
+            else COLUMNS[r["model"]]
+            for r in rows
+        ]
+        values = [relative[(r["batches"], kind, r["model"])]["bert_sdpa"] for r in rows]
+        axis.barh(labels, values, color=[f"C{PLOTTED.index(r['model']) % 10}" for r in rows])
+        axis.axvline(1, color="black", linewidth=0.8)
+        axis.invert_yaxis()  # table order, top to bottom
+        axis.set(title=f"{kind}: time relative to BertModel (sdpa) padded, random batches", xlabel="relative time")
+        axis.grid(True, axis="x", alpha=0.3)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
+# --emd_shapes: the masked LM's enhanced mask decoder at every position against the masked ones only.
+MASK_FRACTION = 0.15
+EMD_VARIANTS = ("all positions", "masked only")
+
+
+def emd_step(model, hidden_states, attention_mask, masked: torch.Tensor | None, readout: torch.Tensor) -> None:
+    """Forward and backward of the enhanced mask decoder alone (train mode) on a fixed second-to-last hidden state, at
+    every position (masked=None) or at the masked ones, through a fixed random readout of its output."""
+    model.train().zero_grad(set_to_none=True)
+    hidden_states.grad = None
+    output = model.enhanced_mask_decoder(hidden_states, attention_mask, None, masked)
+    (output.float() * (readout if masked is None else readout[masked])).sum().backward()
+
+
+def mlm_step(model, input_ids, attention_mask, labels, sparse_prediction: bool) -> None:
+    model.train().zero_grad(set_to_none=True)
+    model(input_ids, attention_mask=attention_mask, labels=labels, sparse_prediction=sparse_prediction).loss.backward()
+
+
+def emd_benchmark(size: str, dtype: str, device: torch.device, shapes: list[str], repeats: int) -> list[dict]:
+    """At each shape, with 15% of the positions masked (seeded): the EMD alone and a whole MLM training step, each at
+    every position and at the masked ones only. The masked-only rows carry the speedup (all / masked) and the
+    largest difference of the masked-only EMD output from the full one at the masked positions (eval mode)."""
+    config = load_config(size)
+    torch.manual_seed(0)
+    model = DebertaLiteForMaskedLM(config).to(device=device, dtype=DTYPES[dtype])
+    if not model.uses_emd:
+        raise ValueError(f"the {size} config has no enhanced mask decoder (emd_num_layers=0 or position_biased_input)")
+    rows = []
+    for shape in shapes:
+        batch, length = parse_shape(shape)
+        generator = torch.Generator().manual_seed(0)
+        hidden_states = torch.randn(batch, length, config.hidden_size, generator=generator)
+        readout = torch.randn(batch, length, config.hidden_size, generator=generator).to(device)
+        masked = (torch.rand(batch, length, generator=generator) < MASK_FRACTION).to(device)
+        input_ids = torch.randint(5, config.vocab_size, (batch, length), generator=generator).to(device)
+        hidden_states = hidden_states.to(device=device, dtype=DTYPES[dtype]).requires_grad_()
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+        labels = torch.where(masked, input_ids, -100)
+        with torch.no_grad():
+            model.eval()
+            full = model.enhanced_mask_decoder(hidden_states, attention_mask, None)[masked].float()
+            part = model.enhanced_mask_decoder(hidden_states, attention_mask, None, masked).float()
+        difference = check_peer("EMD at the masked positions", part, "EMD at every position", full, dtype)
+        steps = {
+            "EMD forward+backward": [
+                functools.partial(emd_step, model, hidden_states, attention_mask, selection, readout)
+                for selection in (None, masked)
+            ],
+            "MLM train step": [
+                functools.partial(mlm_step, model, input_ids, attention_mask, labels, sparse)
+                for sparse in (False, True)
+            ],
+        }
+        for kind, (all_positions, masked_only) in steps.items():
+            full_seconds, full_peak = timed(all_positions, device, repeats)
+            seconds, peak = timed(masked_only, device, repeats)
+            common = {"shape": shape, "kind": kind, "masked_fraction": float(masked.float().mean())}
+            rows += [
+                {**common, "variant": "all positions", "seconds": full_seconds, "peak_bytes": full_peak},
+                {
+                    **common,
+                    "variant": "masked only",
+                    "seconds": seconds,
+                    "peak_bytes": peak,
+                    "speedup": full_seconds / seconds,
+                    **({"max_abs_diff": difference} if kind == "EMD forward+backward" else {}),
+                },
+            ]
+            print(f"{kind:22s} {shape:>7s} all {full_seconds:8.3f} s, masked only {seconds:8.3f} s", flush=True)
+    return rows
+
+
+def emd_markdown(results: dict) -> str:
+    args = results["args"]
+    lines = [
+        f"{args['size']} size, {args['dtype']}, {args['device']}"
+        + (f", {args['threads']} threads" if args["device"] == "cpu" else "")
+        + f", median of {args['repeats']}; {100 * MASK_FRACTION:g}% of the positions masked at random",
+        "",
+        "| shape | step | all positions | masked only | speedup (all / masked) | max abs diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    cells = {(r["shape"], r["kind"], r["variant"]): r for r in results["rows"]}
+    for shape, kind in dict.fromkeys((r["shape"], r["kind"]) for r in results["rows"]):
+        full, masked = cells[(shape, kind, "all positions")], cells[(shape, kind, "masked only")]
+        difference = f"{masked['max_abs_diff']:.2g}" if "max_abs_diff" in masked else "—"
+        lines.append(
+            f"| {shape} | {kind} | {full['seconds']:.3f} s / {full['peak_bytes'] / 2**30:.2f} GiB "
+            f"| {masked['seconds']:.3f} s / {masked['peak_bytes'] / 2**30:.2f} GiB | {masked['speedup']:.2f}× "
+            f"| {difference} |"
+        )
+    lines += [
+        "",
+        "EMD forward+backward: `enhanced_mask_decoder` alone on a fixed hidden state. MLM train step, all positions: "
+        "`sparse_prediction=False` (dense logits: the EMD and the vocabulary projection at every position); masked "
+        "only: `sparse_prediction=True`.",
+    ]
+    return "\n".join(lines)
 
 
 CATEGORIES = [
