@@ -10,7 +10,7 @@ import torch
 
 from deberta_lite import DebertaLiteModel
 
-from helpers import load_script, tiny_config
+from helpers import DATA, load_script, tiny_config
 
 
 HAS_DISENTANGLED_FLASH = importlib.util.find_spec("disentangled_flash") is not None
@@ -208,3 +208,135 @@ def test_profile_recomputed_blocks_keep_their_categories():
     ]
     assert {backward for _, backward in gathers} == {False, True}  # run in the forward pass and recomputed
     assert {category for category, _ in gathers} == {"index/gather"}
+
+
+def varlen_file(tmp_path):
+    """A TSV of 32 sentences of 1 to 31 words, in a scrambled order, for batches of 4."""
+    path = tmp_path / "texts.tsv"
+    words = "the quick brown fox jumps over a lazy dog".split()
+    texts = [" ".join(words[j % len(words)] for j in range((7 * i) % 31 + 1)) for i in range(32)]
+    path.write_text("sentence\tlabel\n" + "".join(f"{text}\t0\n" for text in texts))
+    return path, texts
+
+
+def test_varlen_batches(tmp_path, capsys):
+    from deberta_lite.tokenization import tokenizer_from_spm
+
+    path, texts = varlen_file(tmp_path)
+    argv = ["--size", "tiny", "--varlen", str(path), "--varlen_batch_size", "4", "--varlen_batches", "2"]
+    argv += ["--varlen_train", "--repeats", "1", "--output", str(tmp_path / "varlen.json")]
+    if HAS_MATPLOTLIB:
+        argv += ["--plot", str(tmp_path / "varlen.png")]
+    rows = load_script("benchmark").main(argv)
+    results = json.loads((tmp_path / "varlen.json").read_text())
+    assert results["mode"] == "varlen" and results["rows"] == rows
+
+    padded = {"transformers_debertav2", "bert_sdpa", "deberta_lite_padded", "modernbert"}
+    peers = {PEER, PEER + "_packed"} if HAS_DISENTANGLED_FLASH else set()
+    grouped = {"deberta_lite_unpadded", "deberta_lite_padded"}
+    for kind in ("forward", "train step"):
+        assert {r["model"] for r in rows if r["batches"] == "random" and r["kind"] == kind} == padded | peers | grouped
+        assert {r["model"] for r in rows if r["batches"] == "grouped" and r["kind"] == kind} == grouped
+
+    # Real tokens and padding of the sampled batches, by hand from the bundled tokenizer's lengths.
+    lengths = [len(ids) for ids in tokenizer_from_spm(DATA / "spm" / "unigram_1000.model")(texts)["input_ids"]]
+    padding = {}
+    for sampling, summary in results["samplings"].items():
+        batches = summary["rows"]
+        assert len(batches) == 2 and all(len(batch) == 4 for batch in batches)
+        assert len({i for batch in batches for i in batch}) == 8  # distinct rows
+        real = sum(lengths[i] for batch in batches for i in batch)
+        full = sum(4 * max(lengths[i] for i in batch) for batch in batches)
+        padding[sampling] = 1 - real / full
+        assert summary["real_tokens"] == real and summary["padded_tokens"] == full
+        for r in rows:
+            if r["batches"] == sampling:
+                assert r["real_tokens"] == real and r["padding_fraction"] == pytest.approx(padding[sampling])
+                assert r["tokens_per_s"] == pytest.approx(real / r["seconds"]) and r["tokens_per_s"] > 0
+    # Sorting megabatches of 12 rows by length leaves less padding than random draws here.
+    assert padding["grouped"] < padding["random"]
+
+    # DeBERTa-lite unpadded checked against padded, the peers against DebertaV2, at the real tokens of every batch.
+    for r in rows:
+        expected = {"deberta_lite_unpadded": "deberta_lite_padded", PEER: "transformers_debertav2"}
+        expected[PEER + "_packed"] = "transformers_debertav2"
+        assert r.get("reference") == expected.get(r["model"])
+        if "reference" in r:
+            assert 0 <= r["max_abs_diff"] < 1e-4
+    out = capsys.readouterr().out
+    assert "Token ids folded into the tiny config's 128-entry vocabulary" in out
+    assert "WARNING" not in out
+    assert "| random | forward | BertModel (sdpa) | padded |" in out
+    bert_row = next(line for line in out.splitlines() if line.startswith("| random | train step | BertModel (sdpa) |"))
+    assert "| 1.00× |" in bert_row
+    if HAS_MATPLOTLIB:
+        assert_png(tmp_path / "varlen.png")
+        again = load_script("benchmark").main(["--from_json", str(tmp_path / "varlen.json")])
+        assert again == rows and bert_row in capsys.readouterr().out
+
+
+def test_varlen_relative_times():
+    benchmark = load_script("benchmark")
+    row = dict(batches="random", kind="forward", seconds=1.0, peak_bytes=0, real_tokens=1, padding_fraction=0.5)
+    rows = [
+        {**row, "model": "bert_sdpa", "tokens_per_s": 1000.0},
+        {**row, "model": "debertav2_disentangled_flash_packed", "tokens_per_s": 250.0},
+        {**row, "model": "deberta_lite_unpadded", "tokens_per_s": 500.0},
+        {**row, "batches": "grouped", "model": "deberta_lite_padded", "tokens_per_s": 800.0},
+        {**row, "kind": "train step", "model": "deberta_lite_padded", "tokens_per_s": 100.0},
+    ]
+    relative = benchmark.relative_times({"rows": rows})
+    # Time relative to a baseline: its tokens per second over the row's, on the random batches of the same step.
+    assert relative[("random", "forward", "deberta_lite_unpadded")] == {
+        "bert_sdpa": 2.0,
+        "debertav2_disentangled_flash_packed": 0.5,
+    }
+    assert relative[("grouped", "forward", "deberta_lite_padded")] == {
+        "bert_sdpa": 1.25,
+        "debertav2_disentangled_flash_packed": 0.3125,
+    }
+    assert relative[("random", "train step", "deberta_lite_padded")] == {}  # no baseline measured for train steps
+
+
+def test_emd_masked_only_against_all_positions(tmp_path, capsys):
+    rows = load_script("benchmark").main(
+        ["--size", "tiny", "--emd_shapes", "2x48", "--repeats", "1", "--output", str(tmp_path / "emd.json")]
+    )
+    assert [(r["kind"], r["variant"]) for r in rows] == [
+        ("EMD forward+backward", "all positions"),
+        ("EMD forward+backward", "masked only"),
+        ("MLM train step", "all positions"),
+        ("MLM train step", "masked only"),
+    ]
+    for full, masked in (rows[:2], rows[2:]):
+        assert full["seconds"] > 0 and masked["speedup"] == full["seconds"] / masked["seconds"]
+        assert 0 < masked["masked_fraction"] < 0.5
+    # The masked-only decoder's output equals the full one's at the masked positions.
+    assert 0 <= rows[1]["max_abs_diff"] < 1e-4
+    results = json.loads((tmp_path / "emd.json").read_text())
+    assert results["mode"] == "emd" and results["rows"] == rows
+    out = capsys.readouterr().out
+    assert f"| 2x48 | MLM train step | {rows[2]['seconds']:.3f} s" in out and f"| {rows[3]['speedup']:.2f}× |" in out
+
+
+def test_separate_modes_cannot_be_combined(tmp_path, capsys):
+    benchmark = load_script("benchmark")
+    for argv in (["--varlen", "x.tsv", "--emd_shapes", "8x512"], ["--profile", "--varlen", "x.tsv"]):
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(argv)
+        assert exit_info.value.code == 2
+    assert "are separate runs: pick one" in capsys.readouterr().err
+
+
+def test_varlen_text_columns(tmp_path):
+    benchmark = load_script("benchmark")
+    (tmp_path / "pairs.tsv").write_text("sentence1\tsentence2\tlabel\na b\tc\t0\n\t\t1\nd\te f\t1\n")
+    assert benchmark.varlen_texts(tmp_path / "pairs.tsv", None) == [["a b", "d"], ["c", "e f"]]
+    assert benchmark.varlen_texts(tmp_path / "pairs.tsv", ["sentence2"]) == [["c", "e f"]]
+    (tmp_path / "lines.txt").write_text("first line\n\nsecond line\n")
+    assert benchmark.varlen_texts(tmp_path / "lines.txt", None) == [["first line", "second line"]]
+    (tmp_path / "numbers.csv").write_text("id,score\n1,2\n")
+    with pytest.raises(ValueError, match="no text column among \\['id', 'score'\\]: name one with --varlen_column"):
+        benchmark.varlen_texts(tmp_path / "numbers.csv", None)
+    with pytest.raises(ValueError, match="--varlen_column takes one or two of the columns"):
+        benchmark.varlen_texts(tmp_path / "pairs.tsv", ["sentence"])
