@@ -942,7 +942,7 @@ def plot_varlen(results: dict, path: str) -> None:
         axis.barh(labels, values, color=[f"C{PLOTTED.index(r['model']) % 10}" for r in rows])
         axis.axvline(1, color="black", linewidth=0.8)
         axis.invert_yaxis()  # table order, top to bottom
-        axis.set(title=f"{kind}: time relative to BertModel (sdpa) padded, random batches", xlabel="relative time")
+        axis.set(title=kind, xlabel="time relative to BertModel (sdpa) padded on the random batches")
         axis.grid(True, axis="x", alpha=0.3)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
