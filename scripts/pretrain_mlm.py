@@ -5,7 +5,8 @@
         --per_device_train_batch_size 32 --learning_rate 5e-4 --max_steps 100000 --bf16
 
 Data: `--dataset_name/--dataset_config_name` (the Hub, when online), `--train_file/--validation_file` (txt, json,
-jsonl, csv, parquet), or, with neither, the bundled sample in data/wiki_sample. Multi-process and multi-GPU runs go
+jsonl, csv, parquet), or, with neither, the bundled sample in data/wiki_sample; `--packing documents` keeps each
+document (row) of a block on its own (docs/training.md). Multi-process and multi-GPU runs go
 through accelerate: `accelerate launch --config_file configs/accelerate/ddp.yaml scripts/pretrain_mlm.py ...`.
 Every TrainingArguments option works (`--resume_from_checkpoint`, `--gradient_accumulation_steps`, `--bf16`,
 `--fp16`, `--push_to_hub`, ...). `--resume_from_checkpoint latest` picks the newest complete checkpoint in
