@@ -64,3 +64,32 @@ def test_smoke_every_objective(tmp_path):
         assert 0 <= finetuned["accuracy"]["mean"] <= 1
         assert compare_objectives.OBJECTIVES[objective][0] in table
     assert saved == json.loads(json.dumps(results))
+
+
+def test_equal_steps_with_documents_packed_apart(tmp_path):
+    corpus = (DATA / "wiki_sample" / "train.txt").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.txt").write_text("\n".join(corpus[:200]), encoding="utf-8")
+    (tmp_path / "validation.txt").write_text("\n".join(corpus[200:240]), encoding="utf-8")
+    compare_objectives.main(
+        [
+            "--objectives", "mlm", "mlm_documents",
+            "--steps", "3",
+            "--train_file", str(tmp_path / "train.txt"),
+            "--validation_file", str(tmp_path / "validation.txt"),
+            "--vocab_size", "400",
+            "--config_name", str(DATA.parent / "configs" / "tiny.json"),
+            "--max_seq_length", "64",
+            "--batch_size", "8",
+            "--tasks", "trec_sample",
+            "--seeds", "0",
+            "--finetune_max_steps", "1",
+            "--output_dir", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["pretraining"]
+    for objective in ("mlm", "mlm_documents"):
+        state = json.loads((tmp_path / "out" / objective / "trainer_state.json").read_text())
+        assert saved[objective]["steps"] == state["global_step"] == 3
+    assert not (tmp_path / "out" / "calibration").exists()  # equal steps: nothing timed
+    # The two packings differ: their validation rows (and so their losses) are not the same.
+    assert saved["mlm"]["eval"]["eval_loss"] != saved["mlm_documents"]["eval"]["eval_loss"]
