@@ -96,11 +96,15 @@ class InferenceCache:
     """
 
     def __init__(self):
-        self.stamp, self.value = None, None
+        self.entry = None  # (stamp, value), replaced as one object: threads sharing a model never see a mixed pair
+
+    @property
+    def value(self):
+        return None if self.entry is None else self.entry[1]
 
     def get(self, sources: tuple, compute: Callable, enabled: bool):
         if not enabled or torch.is_grad_enabled() or is_torchdynamo_compiling():
-            self.stamp = self.value = None  # hold nothing from a pass that does not reuse
+            self.entry = None  # hold nothing from a pass that does not reuse
             return compute()
         stamp = tuple(
             (source, (source._version, source.data_ptr()))
@@ -108,23 +112,27 @@ class InferenceCache:
             else (source, None)
             for source in sources
         )
-        if not self.unchanged(stamp):
-            self.stamp, self.value = stamp, compute()
-        return self.value
+        entry = self.entry
+        if entry is not None and self.unchanged(stamp, entry[0]):
+            return entry[1]
+        value = compute()
+        self.entry = (stamp, value)
+        return value
 
-    def unchanged(self, stamp: tuple) -> bool:
-        if self.stamp is None or len(stamp) != len(self.stamp):
+    @staticmethod
+    def unchanged(stamp: tuple, cached: tuple) -> bool:
+        if len(stamp) != len(cached):
             return False
         return all(
             (a is b if isinstance(a, torch.Tensor) else a == b) and u == v
-            for (a, u), (b, v) in zip(stamp, self.stamp, strict=True)
+            for (a, u), (b, v) in zip(stamp, cached, strict=True)
         )
 
     def __deepcopy__(self, memo):
         return InferenceCache()
 
     def __getstate__(self):
-        return {"stamp": None, "value": None}
+        return {"entry": None}
 
 
 class DebertaLiteEmbeddings(nn.Module):
