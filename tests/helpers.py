@@ -375,6 +375,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def accelerate_launch(config: str, script, args: list[str], cwd, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `script` on 2 CPU processes with configs/accelerate/<config>; asserts it succeeded."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / config),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(script),
+        *args,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
 def pretraining_args(tokenizer_dir, output_dir, *extra) -> list[str]:
     """The options of a short, seeded CPU run of scripts/pretrain_mlm.py or scripts/pretrain_rtd.py."""
     return [

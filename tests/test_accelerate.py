@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from helpers import ROOT, free_port
+from helpers import ROOT, accelerate_launch, free_port
 
 
 @pytest.mark.slow
@@ -19,42 +19,33 @@ def test_two_process_pretraining_run(config, tokenizer_dir, tmp_path):
     # On the CPU accelerate runs fsdp.yaml as data parallel (MULTI_CPU, nothing sharded): this checks that the config
     # launches; test_fsdp2_shards_replaced_token_detection_on_the_cpu shards with torch's FSDP2 itself.
     output_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / config),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+    accelerate_launch(
+        config,
         str(ROOT / "scripts" / "pretrain_mlm.py"),
-        "--tokenizer_name",
-        str(tokenizer_dir),
-        "--output_dir",
-        str(output_dir),
-        "--use_cpu",
-        "--report_to",
-        "none",
-        "--do_train",
-        "--do_eval",
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "4",
-        "--max_train_samples",
-        "32",
-        "--max_eval_samples",
-        "16",
-        "--disable_tqdm",
-        "true",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+        [
+            "--tokenizer_name",
+            str(tokenizer_dir),
+            "--output_dir",
+            str(output_dir),
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_train_samples",
+            "32",
+            "--max_eval_samples",
+            "16",
+            "--disable_tqdm",
+            "true",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     # 2 steps x 4 blocks x 2 processes = half of the 32 training blocks: both processes trained.
     assert json.loads((output_dir / "train_results.json").read_text())["epoch"] == pytest.approx(0.5)
     assert "eval_perplexity" in json.loads((output_dir / "eval_results.json").read_text())

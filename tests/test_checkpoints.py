@@ -1,9 +1,6 @@
 """Crash-safe training: checkpoint markers, and runs killed with SIGKILL and resumed."""
 
 import json
-import os
-import subprocess
-import sys
 
 import datasets
 import pytest
@@ -23,7 +20,7 @@ from deberta_lite.checkpoints import (
 )
 from deberta_lite.trainer import DebertaLiteTrainer
 
-from helpers import ROOT, free_port, load_script, padded_batch, resumable_run_args, run_and_kill, tiny_config
+from helpers import ROOT, accelerate_launch, load_script, padded_batch, resumable_run_args, run_and_kill, tiny_config
 
 
 pretrain_mlm = load_script("pretrain_mlm")
@@ -216,24 +213,15 @@ def test_two_processes_mark_a_checkpoint_once_both_have_written_it(tokenizer_dir
     output_dir = tmp_path / "run"
     driver = tmp_path / "driver.py"
     driver.write_text(SLOW_RANK_DRIVER.format(scripts=str(ROOT / "scripts")))
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+    accelerate_launch(
+        "ddp.yaml",
         str(driver),
-        *resumable_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1"),
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+        [
+            *resumable_run_args(tokenizer_dir, output_dir, "--save_total_limit", "1"),
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-6"]
     recorded = json.loads((output_dir / "checkpoint-6" / COMPLETE_MARKER).read_text())["files"]
     assert {

@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -36,9 +33,9 @@ from deberta_lite.pretraining import (
 from helpers import (
     DATA,
     ROOT,
+    accelerate_launch,
     assert_close_by_name,
     document_packing_run_args,
-    free_port,
     load_script,
     pretraining_args,
     record_position_ids,
@@ -302,30 +299,21 @@ def test_mixed_precision_flags_train_with_finite_losses(tokenizer_dir, tmp_path,
 @pytest.mark.slow
 def test_two_process_ddp_run(tokenizer_dir, tmp_path):
     output_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        str(free_port()),
+    accelerate_launch(
+        "ddp.yaml",
         str(ROOT / "scripts" / "pretrain_rtd.py"),
-        *pretraining_args(
-            tokenizer_dir, output_dir, "--do_train", "--do_eval", "--max_steps", "2", "--logging_steps", "1"
-        ),
-        "--per_device_train_batch_size",
-        "4",
-        "--max_train_samples",
-        "32",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+        [
+            *pretraining_args(
+                tokenizer_dir, output_dir, "--do_train", "--do_eval", "--max_steps", "2", "--logging_steps", "1"
+            ),
+            "--per_device_train_batch_size",
+            "4",
+            "--max_train_samples",
+            "32",
+        ],
+        tmp_path,
+        timeout=300,
+    )
     # 2 steps x 4 blocks x 2 processes = half of the 32 training blocks: both processes trained.
     assert json.loads((output_dir / "train_results.json").read_text())["epoch"] == pytest.approx(0.5)
     assert "eval_rtd_f1" in json.loads((output_dir / "eval_results.json").read_text())
