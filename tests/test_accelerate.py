@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from helpers import ROOT, accelerate_launch, free_port
+from helpers import ROOT, accelerate_launch, free_port, pretraining_args
 
 
 @pytest.mark.slow
@@ -22,14 +22,9 @@ def test_two_process_pretraining_run(config, tokenizer_dir, tmp_path):
     accelerate_launch(
         config,
         str(ROOT / "scripts" / "pretrain_mlm.py"),
-        [
-            "--tokenizer_name",
-            str(tokenizer_dir),
-            "--output_dir",
-            str(output_dir),
-            "--use_cpu",
-            "--report_to",
-            "none",
+        pretraining_args(
+            tokenizer_dir,
+            output_dir,
             "--do_train",
             "--do_eval",
             "--max_steps",
@@ -40,9 +35,7 @@ def test_two_process_pretraining_run(config, tokenizer_dir, tmp_path):
             "32",
             "--max_eval_samples",
             "16",
-            "--disable_tqdm",
-            "true",
-        ],
+        ),
         tmp_path,
         timeout=600,
     )
