@@ -11,6 +11,26 @@ from helpers import DATA, load_script
 compare_objectives = load_script("compare_objectives")
 
 
+def small_run_args(tmp_path, train_lines: int, validation_lines: int, *extra) -> list[str]:
+    """A tiny run on the first lines of the bundled wiki corpus (written to tmp_path), fine-tuned on trec_sample."""
+    corpus = (DATA / "wiki_sample" / "train.txt").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.txt").write_text("\n".join(corpus[:train_lines]), encoding="utf-8")
+    validation = corpus[train_lines : train_lines + validation_lines]
+    (tmp_path / "validation.txt").write_text("\n".join(validation), encoding="utf-8")
+    return [
+        "--train_file", str(tmp_path / "train.txt"),
+        "--validation_file", str(tmp_path / "validation.txt"),
+        "--vocab_size", "400",
+        "--config_name", str(DATA.parent / "configs" / "tiny.json"),
+        "--max_seq_length", "64",
+        "--batch_size", "8",
+        "--tasks", "trec_sample",
+        "--seeds", "0",
+        "--output_dir", str(tmp_path / "out"),
+        *extra,
+    ]  # fmt: skip
+
+
 def test_steps_for_budget():
     assert compare_objectives.steps_for_budget(150, 0.4) == 375
     assert compare_objectives.steps_for_budget(10, 3.0) == 3  # whole steps that fit, not rounded up
@@ -27,26 +47,14 @@ def test_spread():
 
 
 def test_smoke_every_objective(tmp_path):
-    corpus = (DATA / "wiki_sample" / "train.txt").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "train.txt").write_text("\n".join(corpus[:300]), encoding="utf-8")
-    (tmp_path / "validation.txt").write_text("\n".join(corpus[300:360]), encoding="utf-8")
     objectives = list(compare_objectives.OBJECTIVES)
     budget_s, calibration_steps = 2.0, 2
     results = compare_objectives.main(
-        [
+        small_run_args(tmp_path, 300, 60, "--finetune_max_steps", "2")
+        + [
             "--objectives", *objectives,
             "--budget_s", str(budget_s),
             "--calibration_steps", str(calibration_steps),
-            "--train_file", str(tmp_path / "train.txt"),
-            "--validation_file", str(tmp_path / "validation.txt"),
-            "--vocab_size", "400",
-            "--config_name", str(DATA.parent / "configs" / "tiny.json"),
-            "--max_seq_length", "64",
-            "--batch_size", "8",
-            "--tasks", "trec_sample",
-            "--seeds", "0",
-            "--finetune_max_steps", "2",
-            "--output_dir", str(tmp_path / "out"),
         ]
     )  # fmt: skip
     saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
@@ -67,25 +75,10 @@ def test_smoke_every_objective(tmp_path):
 
 
 def test_equal_steps_with_documents_packed_apart(tmp_path):
-    corpus = (DATA / "wiki_sample" / "train.txt").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "train.txt").write_text("\n".join(corpus[:200]), encoding="utf-8")
-    (tmp_path / "validation.txt").write_text("\n".join(corpus[200:240]), encoding="utf-8")
     compare_objectives.main(
-        [
-            "--objectives", "mlm", "mlm_documents",
-            "--steps", "3",
-            "--train_file", str(tmp_path / "train.txt"),
-            "--validation_file", str(tmp_path / "validation.txt"),
-            "--vocab_size", "400",
-            "--config_name", str(DATA.parent / "configs" / "tiny.json"),
-            "--max_seq_length", "64",
-            "--batch_size", "8",
-            "--tasks", "trec_sample",
-            "--seeds", "0",
-            "--finetune_max_steps", "1",
-            "--output_dir", str(tmp_path / "out"),
-        ]
-    )  # fmt: skip
+        small_run_args(tmp_path, 200, 40, "--finetune_max_steps", "1")
+        + ["--objectives", "mlm", "mlm_documents", "--steps", "3"]
+    )
     saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["pretraining"]
     for objective in ("mlm", "mlm_documents"):
         state = json.loads((tmp_path / "out" / objective / "trainer_state.json").read_text())
