@@ -208,19 +208,6 @@ class DisentangledBias:
             bias = p2c.contiguous() if bias is None else bias.add_(p2c)
         return bias
 
-    def sequence(self, tokens: slice) -> "DisentangledBias":
-        """The bias among one run of consecutive tokens (a packed batch's row), as a DisentangledBias of its own."""
-        length = tokens.stop - tokens.start
-        middle = (self.relative_lookup.shape[0] - 1) // 2  # distance 0 in the lookup of a square (N x N) index
-        return DisentangledBias(
-            None if self.c2p_table is None else self.c2p_table[:, :, tokens],
-            None if self.p2c_table is None else self.p2c_table[:, :, tokens],
-            self.relative_lookup[middle - length + 1 : middle + length],
-            torch.arange(length, device=self.relative_lookup.device),
-            length,
-            self.far_distance,
-        )
-
     def full(self, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, nh, Nq, Nk); with a bool `attention_mask` (True = attend), masked entries hold the dtype minimum,
         written in place: the mask costs no second (B, nh, Nq, Nk) tensor."""
@@ -482,6 +469,50 @@ def kernel_for_length(implementation: str, query_len: int) -> str:
 # (base size, 4 layers, 32 rows of 128 tokens, 2 CPU threads): unpadded takes 0.89 of the padded time at 5% padding,
 # 0.73 at 20%, 0.43 at 50%; below about 3% the two are within noise.
 UNPAD_MIN_PADDING = 0.05
+# Sequences of similar lengths attend together as one small padded batch (`group_sequences`). Padding inside a group
+# soon costs more than the calls it saves. Measured on 3 batches of 32 bundled sentiment texts (base size, 2 CPU
+# threads), forward: 3.60 s grouping equal lengths only, 3.50 s with these settings, 3.72 s with 0.3 and 16 tokens,
+# 3.94 s with 0.5 and 32, 4.96 s as a single group; training steps 13.0 s, 13.1 s and 13.9 s for the first three.
+GROUP_SLACK = 0.15
+GROUP_SLACK_TOKENS = 8
+
+
+class SequenceGroup:
+    """Sequences of a packed batch that attend as one padded batch of `count` rows of `length` tokens.
+
+    `index` (count * length,) is the packed token at each position (a shorter sequence repeats its first token there,
+    masked out), `keep` marks the real positions, `mask` is their bool (count, 1, length, length) pair mask, or None
+    when every sequence has the group's length. `relative_lookup` is the lookup of a sequence of this length, shifted
+    onto the relative table's `rows` it reaches: short groups multiply only those rows.
+    """
+
+    def __init__(self, sequences: list[tuple[int, int]], relative_lookup: list[int], device: torch.device):
+        self.count, self.length = len(sequences), max(size for _, size in sequences)
+        positions = torch.arange(self.length, device=device)
+        starts = torch.tensor([start for start, _ in sequences], device=device)[:, None]
+        sizes = torch.tensor([size for _, size in sequences], device=device)[:, None]
+        keep = positions < sizes  # (count, length)
+        self.index = torch.where(keep, starts + positions, starts).flatten()
+        self.keep = keep.flatten()
+        self.mask = None if bool(keep.all()) else pair_attention_mask(keep)
+        middle = (len(relative_lookup) - 1) // 2  # distance 0
+        window = relative_lookup[middle - self.length + 1 : middle + self.length]  # monotone in the distance
+        self.rows = slice(window[0], window[-1] + 1)
+        self.relative_lookup = torch.tensor(window, device=device) - window[0]
+
+
+def group_sequences(sequences: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Sequences (start, length) in groups of similar lengths, longest first: a sequence joins the current group when
+    padding it to the group's length adds at most GROUP_SLACK of that length, or GROUP_SLACK_TOKENS tokens."""
+    groups = []
+    for sequence in sorted(sequences, key=lambda sequence: -sequence[1]):
+        if groups:
+            length = groups[-1][0][1]
+            if length - sequence[1] <= max(GROUP_SLACK * length, GROUP_SLACK_TOKENS):
+                groups[-1].append(sequence)
+                continue
+        groups.append([sequence])
+    return groups
 
 
 class UnpaddedBatch:
@@ -495,32 +526,56 @@ class UnpaddedBatch:
 
     Packed order: row 0's real tokens, row 0's stand-in (if the row has padding), row 1's real tokens, ... A row's
     real tokens attend to each other as one sequence, or per document with `documents` (`document_ids`). Only rows
-    whose real tokens are one contiguous run (left or right padding) can be packed.
+    whose real tokens are one contiguous run (left or right padding) can be packed. Sequences of similar lengths
+    attend together (`SequenceGroup`), each group taking its part of `relative_lookup`, the padded length's
+    (`build_relative_lookup`).
     """
 
-    def __init__(self, attention_mask: torch.Tensor | None, documents: torch.LongTensor | None = None):
+    def __init__(
+        self, attention_mask: torch.Tensor | None, documents: torch.LongTensor | None, relative_lookup: torch.LongTensor
+    ):
         self.batch_size, self.seq_len = (attention_mask if attention_mask is not None else documents).shape
+        device = relative_lookup.device
         keep = (
             attention_mask.bool()
             if attention_mask is not None
-            else torch.ones(self.batch_size, self.seq_len, dtype=torch.bool, device=documents.device)
+            else torch.ones(self.batch_size, self.seq_len, dtype=torch.bool, device=device)
         )
         lengths = keep.sum(dim=-1)
         has_stand_in = lengths < self.seq_len
         sizes = lengths + has_stand_in.long()
         offsets = torch.cumsum(sizes, dim=0) - sizes  # packed position of each row's first token
-        self.lengths, self.has_stand_in, self.offsets = lengths.tolist(), has_stand_in.tolist(), offsets.tolist()
         self.num_tokens = int(sizes.sum())
-        # Each row's sequences as (packed start, length): the row's real tokens, or each document's run of them.
-        self.sequences = []
-        for row, (offset, length) in enumerate(zip(self.offsets, self.lengths, strict=True)):
+        # Every sequence as (packed start, length): a row's real tokens, or each document's run of them.
+        sequences = []
+        for row, (offset, length) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
             runs = (
                 [length]
                 if documents is None or not length
                 else documents[row][keep[row]].unique_consecutive(return_counts=True)[1].tolist()
             )
             starts = [offset + sum(runs[:index]) for index in range(len(runs))]
-            self.sequences.append(list(zip(starts, runs, strict=True)))
+            sequences += [(start, size) for start, size in zip(starts, runs, strict=True) if size]
+        lookup = relative_lookup.tolist()
+        self.groups = [SequenceGroup(group, lookup, device) for group in group_sequences(sequences)]
+        group_index = torch.cat([group.index for group in self.groups]) if self.groups else offsets[:0]
+        self.group_index, self.group_sizes = group_index, [group.index.numel() for group in self.groups]
+        # A stand-in's attention output is the mean of its padded row's values, N - L of them its own: one
+        # (stand-ins, tokens) matrix of weights for all of them.
+        stand_in_rows = has_stand_in.nonzero().flatten()
+        stand_ins = (offsets + lengths)[stand_in_rows]  # their packed positions
+        token_rows = torch.repeat_interleave(torch.arange(self.batch_size, device=device), sizes)  # (tokens,)
+        weights = (token_rows == stand_in_rows[:, None]).float()
+        weights[torch.arange(len(stand_ins), device=device), stand_ins] = (
+            self.seq_len - lengths[stand_in_rows]
+        ).float()
+        self.stand_in_weights = weights / self.seq_len if len(stand_ins) else None
+        # Where each packed token's attention output lies among the groups' outputs laid end to end, then the
+        # stand-ins'.
+        keep_in_groups = torch.cat([group.keep for group in self.groups]) if self.groups else keep.new_zeros(0)
+        self.output_index = torch.empty(self.num_tokens, dtype=torch.long, device=device)
+        self.output_index[group_index[keep_in_groups]] = keep_in_groups.nonzero().flatten()
+        self.output_index[stand_ins] = group_index.numel() + torch.arange(len(stand_ins), device=device)
         # The packed token that holds each padded-batch position: a real token (offset + its rank among the row's
         # real tokens) or the row's stand-in (offset + length).
         rank = torch.cumsum(keep.long(), dim=-1) - 1
@@ -528,8 +583,8 @@ class UnpaddedBatch:
         self.scatter_index = packed
         # And back: a padded-batch position for each packed token. A stand-in may take any of its row's padded
         # positions: the embeddings zero them all.
-        self.gather_index = torch.empty(self.num_tokens, dtype=torch.long, device=keep.device)
-        self.gather_index[packed] = torch.arange(packed.shape[0], device=keep.device)
+        self.gather_index = torch.empty(self.num_tokens, dtype=torch.long, device=device)
+        self.gather_index[packed] = torch.arange(packed.shape[0], device=device)
 
     @staticmethod
     def applies(
@@ -559,40 +614,40 @@ class UnpaddedBatch:
 
 
 def unpadded_attention(
-    kernel: Callable[[int], tuple[str, Callable]],
-    module: nn.Module,
+    attend: Callable,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    bias: DisentangledBias,
+    relative_projections: tuple[torch.Tensor | None, torch.Tensor | None],
     batch: UnpaddedBatch,
     **kwargs,
 ) -> torch.Tensor:
-    """Attention over a packed batch (1, nh, tokens, d): each row's real tokens (or each of its documents) attend to
-    each other as an unpadded batch of one, with the kernel `kernel(length)` picks for their length; a stand-in takes
-    the uniform mean over its padded row. Returns (1, tokens, nh, d).
+    """Attention over a packed batch of projected queries, keys and values (1, tokens, H): each group of sequences
+    runs as a padded batch through `attend` (the attention module's, with the kernel its length picks); a stand-in
+    takes the mean of its padded row's values. Returns (1, tokens, H).
+
+    One gather and one split per input: autograd then scatters each gradient back once, where slicing every
+    sequence out of the packed tensor would add a full-size zero tensor per sequence in the backward pass.
     """
     outputs = []
-    for offset, length, stand_in, sequences in zip(
-        batch.offsets, batch.lengths, batch.has_stand_in, batch.sequences, strict=True
-    ):
-        for start, size in sequences:
-            if not size:
-                continue
-            tokens = slice(start, start + size)
-            implementation, attention_interface = kernel(size)
-            sequence_bias = bias.sequence(tokens)
-            if implementation in TABLE_KERNELS:
-                sequence_kwargs = {"disentangled_bias": sequence_bias}
-            else:
-                sequence_kwargs = {"position_bias": sequence_bias.full()}
-            output, _ = attention_interface(
-                module, query[:, :, tokens], key[:, :, tokens], value[:, :, tokens], None, **kwargs, **sequence_kwargs
+    if batch.groups:
+        grouped = [
+            torch.split(states[0].index_select(0, batch.group_index), batch.group_sizes)
+            for states in (query, key, value)
+        ]
+        for group, group_query, group_key, group_value in zip(batch.groups, *grouped, strict=True):
+            shape = (group.count, group.length, -1)
+            rows = tuple(None if table is None else table[group.rows] for table in relative_projections)
+            output, _ = attend(
+                group_query.view(shape),
+                group_key.view(shape),
+                group_value.view(shape),
+                group.mask,
+                group.relative_lookup,
+                rows,
+                **kwargs,
             )
-            outputs.append(output)  # (1, size, nh, d)
-        if stand_in:
-            pads = batch.seq_len - length
-            real = value[:, :, offset : offset + length]
-            mean = (real.sum(dim=2) + pads * value[:, :, offset + length]) / batch.seq_len
-            outputs.append(mean.unsqueeze(1))  # (1, 1, nh, d)
-    return torch.cat(outputs, dim=1)
+            outputs.append(output.flatten(0, 1))
+    if batch.stand_in_weights is not None:
+        outputs.append(batch.stand_in_weights.to(value.dtype) @ value[0])
+    return torch.cat(outputs)[batch.output_index].unsqueeze(0)

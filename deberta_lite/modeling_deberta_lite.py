@@ -272,21 +272,29 @@ class DebertaLiteAttention(nn.Module):
         weights = [tensor for proj in (key_proj, query_proj) if proj is not None for tensor in (proj.weight, proj.bias)]
         return self.relative_cache.get((rel_embeddings, *weights), compute, enabled=not self.training)
 
+    def relative_table(self, states: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+        """states (B, nh, N, d) times the projected relative rows (rows, H) per head: (B, nh, N, rows).
+
+        One product per head over all B * N rows: a batched matmul against the (nh, d, rows) projection would first
+        copy it once per batch row. The result is a (B, nh, N, rows) view of (nh, B, N, rows).
+        """
+        batch, heads, length, head_dim = states.shape
+        rows = states.transpose(0, 1).reshape(heads, batch * length, head_dim)  # a view: no copy
+        table = torch.bmm(rows, self._heads(projection).transpose(-1, -2))  # (nh, B * N, rows)
+        return table.view(heads, batch, length, -1).transpose(0, 1)
+
     def disentangled_bias(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
         relative_lookup: torch.LongTensor,
-        rel_embeddings: torch.Tensor,
+        relative_projections: tuple[torch.Tensor | None, torch.Tensor | None],
         query_positions: torch.LongTensor | None = None,
     ) -> DisentangledBias:
         """The (N, 2k) tables C2P = Qc·Krᵀ and P2C = Kc·Qrᵀ, divided by sqrt(d·s) before any lookup."""
-        pos_key, pos_query = self.relative_projections(rel_embeddings)
-        c2p = p2c = None
-        if pos_key is not None:
-            c2p = torch.matmul(query, self._heads(pos_key).transpose(-1, -2))  # (B, nh, Nq, 2k)
-        if pos_query is not None:
-            p2c = torch.matmul(key, self._heads(pos_query).transpose(-1, -2))  # (B, nh, Nk, 2k)
+        pos_key, pos_query = relative_projections
+        c2p = None if pos_key is None else self.relative_table(query, pos_key)  # (B, nh, Nq, 2k)
+        p2c = None if pos_query is None else self.relative_table(key, pos_query)  # (B, nh, Nk, 2k)
         if query_positions is None:
             query_positions = torch.arange(query.shape[2], device=query.device)
         return DisentangledBias(c2p, p2c, relative_lookup, query_positions, key.shape[2], self.far_distance)
@@ -304,29 +312,41 @@ class DebertaLiteAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Keys and values come from hidden_states; the query (and the residual) may differ: the enhanced mask
         decoder's, (B, N, H), or only at chosen positions, (B, M, H) with `query_positions` (B, M). With `unpadded`,
-        hidden_states is a packed batch (1, tokens, H) and each of its rows attends within itself."""
+        hidden_states is a packed batch (1, tokens, H) and each of its sequences attends within itself."""
         query_states = hidden_states if query_states is None else query_states
-        query = self._heads(self.query_proj(query_states))  # (B, nh, Nq, d)
-        key = self._heads(self.key_proj(hidden_states))  # (B, nh, Nk, d)
-        value = self._heads(self.value_proj(hidden_states))  # (B, nh, Nk, d)
-        bias = self.disentangled_bias(query, key, relative_lookup, rel_embeddings, query_positions)
-        requested = attention_implementation(self.config)
-
-        def kernel(length: int) -> tuple[str, Callable]:
-            implementation = kernel_for_length(requested, length)
-            if query_positions is not None and implementation in TABLE_KERNELS:
-                # The table kernels walk runs of consecutive query rows; a few scattered queries need no lean kernel.
-                implementation = "sdpa"
-            return implementation, ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-
-        dropout = self.attention_dropout if self.training else 0.0
+        query = self.query_proj(query_states)
+        key = self.key_proj(hidden_states)
+        value = self.value_proj(hidden_states)
+        relative_projections = self.relative_projections(rel_embeddings)
         if unpadded is not None:
-            attn_output = unpadded_attention(
-                kernel, self, query, key, value, bias, unpadded, scaling=self.scaling, dropout=dropout, **kwargs
-            )
-            attn_output = attn_output.reshape(*query_states.shape[:-1], -1)  # (1, tokens, H)
+            attn_output = unpadded_attention(self.attend, query, key, value, relative_projections, unpadded, **kwargs)
             return self.output(attn_output, residual=query_states), None
-        implementation, attention_interface = kernel(query.shape[2])
+        attn_output, attn_weights = self.attend(
+            query, key, value, attention_mask, relative_lookup, relative_projections, query_positions, **kwargs
+        )
+        return self.output(attn_output, residual=query_states), attn_weights
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        relative_lookup: torch.LongTensor,
+        relative_projections: tuple[torch.Tensor | None, torch.Tensor | None],
+        query_positions: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projected queries (B, Nq, H) attend to projected keys and values (B, Nk, H) through the kernel their
+        length picks; returns (B, Nq, H) and the attention weights where the kernel gives them."""
+        output_shape = query.shape
+        query, key, value = self._heads(query), self._heads(key), self._heads(value)  # (B, nh, N, d)
+        bias = self.disentangled_bias(query, key, relative_lookup, relative_projections, query_positions)
+        implementation = kernel_for_length(attention_implementation(self.config), query.shape[2])
+        if query_positions is not None and implementation in TABLE_KERNELS:
+            # The table kernels walk runs of consecutive query rows; a few scattered queries need no lean kernel.
+            implementation = "sdpa"
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         if implementation in TABLE_KERNELS:
             kwargs["disentangled_bias"] = bias
         elif implementation == "sdpa":  # the mask goes into the bias in place: one (B, nh, N, N) tensor, not two
@@ -341,11 +361,10 @@ class DebertaLiteAttention(nn.Module):
             value,
             attention_mask,
             scaling=self.scaling,
-            dropout=dropout,
+            dropout=self.attention_dropout if self.training else 0.0,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*query_states.shape[:-1], -1)  # (B, Nq, H)
-        return self.output(attn_output, residual=query_states), attn_weights
+        return attn_output.reshape(output_shape), attn_weights
 
 
 class DebertaLiteConvLayer(nn.Module):
@@ -641,7 +660,7 @@ class DebertaLiteModel(DebertaLitePreTrainedModel):
         documents = document_ids(position_ids, hidden_states.shape[0])  # packed documents, if position_ids restart
         unpadded = None
         if self.can_unpad() and UnpaddedBatch.applies(attention_mask, documents, self.config.unpad_batches):
-            unpadded = UnpaddedBatch(attention_mask, documents)
+            unpadded = UnpaddedBatch(attention_mask, documents, relative_lookup)
             hidden_states, pair_mask = unpadded.unpad(hidden_states), None  # (1, tokens, H)
         else:
             pair_mask = pair_attention_mask(attention_mask, documents)  # (B, 1, N, N)

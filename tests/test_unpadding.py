@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from deberta_lite import DebertaLiteForMaskedLM, DebertaLiteForMultipleChoice, DebertaLiteModel
-from deberta_lite.attention import UNPAD_MIN_PADDING, UnpaddedBatch
+from deberta_lite import DebertaLiteForMaskedLM, DebertaLiteForMultipleChoice, DebertaLiteModel, attention
+from deberta_lite.attention import UNPAD_MIN_PADDING, UnpaddedBatch, build_relative_lookup, group_sequences
 
 from helpers import HEAD_CLASSES, assert_close_by_name, gradients, head_config, head_inputs, tiny_config
 
@@ -37,6 +37,16 @@ def counting_unpadded_batches(monkeypatch) -> list:
     return sizes
 
 
+@pytest.fixture(params=["groups", "one-group-per-length", "one-group"])
+def grouping(request, monkeypatch) -> str:
+    """Sequences of similar lengths attend as one padded group: the default groups (for ragged_mask, lengths 12, 7
+    and 4 together, with padding, and 1 alone), only equal lengths together, or every sequence in one group."""
+    if request.param != "groups":
+        monkeypatch.setattr(attention, "GROUP_SLACK_TOKENS", 0)
+        monkeypatch.setattr(attention, "GROUP_SLACK", 0.0 if request.param == "one-group-per-length" else 1.0)
+    return request.param
+
+
 def outputs_and_gradients(model, inputs: dict, unpad: bool) -> tuple[dict, dict]:
     model.config.unpad_batches = unpad
     model.zero_grad()
@@ -47,9 +57,25 @@ def outputs_and_gradients(model, inputs: dict, unpad: bool) -> tuple[dict, dict]
     return {name: value.detach() for name, value in out.items()}, gradients(model)
 
 
+def test_sequences_of_similar_lengths_attend_as_one_group():
+    # Longest first; a sequence joins while it is at most 15% or 8 tokens shorter than the group's first.
+    lengths = [4, 200, 1, 12, 175, 160, 7, 12]
+    starts = [sum(lengths[:index]) for index in range(len(lengths))]
+    sequences = list(zip(starts, lengths, strict=True))
+    groups = [[size for _, size in group] for group in group_sequences(sequences)]
+    assert groups == [[200, 175], [160], [12, 12, 7, 4], [1]]
+    config = tiny_config()
+    lookup = build_relative_lookup(12, 12, config, torch.device("cpu"))
+    batch = UnpaddedBatch(ragged_mask(), None, lookup)
+    assert [(group.count, group.length) for group in batch.groups] == [(3, 12), (1, 1)]
+    assert batch.groups[0].mask is not None and batch.groups[1].mask is None  # padded to 12 / a group of one
+    assert batch.groups[1].relative_lookup.tolist() == [0]  # distance 0 only: one row of the table
+    assert batch.groups[1].rows == slice(int(lookup[11]), int(lookup[11]) + 1)
+
+
 @pytest.mark.parametrize("model_class", HEAD_CLASSES, ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "deberta_chunked"])
-def test_unpadded_equals_padded_for_every_head(model_class, backend, monkeypatch):
+def test_unpadded_equals_padded_for_every_head(model_class, backend, grouping, monkeypatch):
     config = head_config(model_class, emd_num_layers=0)  # the EMD reads hidden states: see the masked LM test
     model = model_class(config).train()  # dropout is 0 in the tiny config: deterministic
     inputs = head_inputs(model_class, config)
@@ -71,7 +97,7 @@ def test_unpadded_equals_padded_for_every_head(model_class, backend, monkeypatch
 
 @pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4], [2], [1]], ids=["ragged", "one-left-padded-row", "no-padding"])
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "deberta_chunked", "deberta_flex"])
-def test_every_position_and_row_shape_matches_the_padded_computation(backend, rows):
+def test_every_position_and_row_shape_matches_the_padded_computation(backend, rows, grouping):
     """Left and right padding, a one-token row, an empty row, a full row, batch size 1; padded positions included (a
     left-padded row's first position is padding, and the pooler reads it)."""
     model = DebertaLiteModel(tiny_config(position_biased_input=True)).eval()
@@ -197,7 +223,7 @@ def test_packed_documents_restart_the_enhanced_mask_decoder_positions(sparse_pre
     assert_close(logits, torch.cat(expected), atol=1e-5, rtol=1e-5)
 
 
-def test_packed_documents_unpadded_gradients_equal_the_masked_padded_ones():
+def test_packed_documents_unpadded_gradients_equal_the_masked_padded_ones(grouping):
     model = DebertaLiteModel(tiny_config()).train()
     input_ids, attention_mask, position_ids, _ = packed_documents()
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
