@@ -208,10 +208,47 @@ class DisentangledBias:
             bias = p2c.contiguous() if bias is None else bias.add_(p2c)
         return bias
 
+    def reads_every_row_once(self) -> bool:
+        """Whether the tables have one row per distance (2N - 1 of them, read in order): short self-attention, where
+        no two distances share a bucket. delta(i, j) is then i - j + N - 1 itself, and the bias is the tables read
+        along shifted diagonals, without an index."""
+        tables = [table for table in (self.c2p_table, self.p2c_table) if table is not None]
+        return (
+            not is_torchdynamo_compiling()
+            and self.query_positions.dim() == 1
+            and self.query_positions.shape[0] == self.key_size
+            and all(table.shape[-1] == self.relative_lookup.shape[0] and table.stride(-1) == 1 for table in tables)
+        )
+
+    def shifted(self) -> torch.Tensor:
+        """`full()` for tables with one row per distance: c2p[i, j] = C2P[i, i - j + N - 1] is the column-reversed
+        table read at column j - i + N - 1, and p2c[i, j] = P2C[j, i - j + N - 1] is P2C read at column i - j + N - 1,
+        transposed. Both are strided views (the reversal costs one copy of the table): 2 to 3 times faster than
+        gathering through the index on a CPU."""
+
+        def diagonals(table: torch.Tensor) -> torch.Tensor:  # (B, nh, N, 2N - 1) -> (B, nh, N, N): [i, j - i + N - 1]
+            size = table.shape[-2]
+            return table.as_strided(
+                (*table.shape[:-1], size),
+                (*table.stride()[:-2], table.stride(-2) - 1, 1),
+                table.storage_offset() + size - 1,
+            )
+
+        terms = []
+        if self.c2p_table is not None:
+            terms.append(diagonals(self.c2p_table.flip(-1)))
+        if self.p2c_table is not None:
+            terms.append(diagonals(self.p2c_table).transpose(-1, -2))
+        bias = terms[0].clone(memory_format=torch.contiguous_format)  # a new tensor: callers write the mask into it
+        return bias.add_(terms[1]) if len(terms) == 2 else bias
+
     def full(self, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, nh, Nq, Nk); with a bool `attention_mask` (True = attend), masked entries hold the dtype minimum,
         written in place: the mask costs no second (B, nh, Nq, Nk) tensor."""
-        bias = self.block(slice(0, self.query_positions.shape[-1]), slice(0, self.key_size))
+        if self.reads_every_row_once():
+            bias = self.shifted()
+        else:
+            bias = self.block(slice(0, self.query_positions.shape[-1]), slice(0, self.key_size))
         if attention_mask is not None:
             bias = bias.masked_fill_(~attention_mask, torch.finfo(bias.dtype).min)
         return bias

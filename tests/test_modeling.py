@@ -535,3 +535,33 @@ def test_reachable_rows_are_exactly_the_rows_the_index_uses(overrides, length):
     config = tiny_config(**overrides)
     index = full_relative_index(length, length, config)
     assert reachable_rows(length, config, bucket_reach(config)) == (int(index.min()), int(index.max()))
+
+
+@pytest.mark.parametrize("terms", ["c2p", "p2c", "both"])
+@pytest.mark.parametrize("length", [1, 2, 9, 30])
+def test_short_inputs_read_the_bias_along_diagonals_as_the_index_does(terms, length):
+    """Tables with one row per distance (no two distances share a bucket) are read along shifted diagonals: the same
+    bias as the gather through the index, and no table entry is modified by writing a mask into it."""
+    from deberta_lite.attention import DisentangledBias, bucket_reach, reachable_rows
+
+    config = tiny_config(position_buckets=64, max_relative_positions=128)
+    first, last = reachable_rows(length, config, bucket_reach(config))
+    lookup = build_relative_lookup(length, length, config, torch.device("cpu")) - first
+    generator = torch.Generator().manual_seed(length)
+    # Per-head tables laid out as the attention module makes them: (B, nh, N, rows) views of (nh, B, N, rows).
+    tables = [torch.randn(4, 3, length, last - first + 1, generator=generator).transpose(0, 1) for _ in range(2)]
+    c2p, p2c = (tables[0] if terms != "p2c" else None), (tables[1] if terms != "c2p" else None)
+    kept = [table.clone() for table in tables]
+    bias = DisentangledBias(c2p, p2c, lookup, torch.arange(length), length, far_field_distance(config))
+    assert bias.reads_every_row_once()
+    expected = bias.block(slice(0, length), slice(0, length))  # through relative_index and a gather
+    lower = torch.ones(length, length, dtype=torch.bool).tril()
+    full = bias.full(lower)
+    assert torch.equal(full[..., lower], expected[..., lower])
+    assert bool((full[..., ~lower] == torch.finfo(full.dtype).min).all())
+    assert all(torch.equal(table, copy) for table, copy in zip(tables, kept, strict=True))
+    # Past 32 tokens distances share buckets (64 buckets): the index is needed.
+    long_lookup = build_relative_lookup(80, 80, config, torch.device("cpu"))
+    first, last = reachable_rows(80, config, bucket_reach(config))
+    rows = torch.randn(1, 1, 80, last - first + 1)
+    assert not DisentangledBias(rows, rows, long_lookup - first, torch.arange(80), 80, 128).reads_every_row_once()
