@@ -643,11 +643,11 @@ class UnpaddedBatch:
 
     def unpad(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, N, H) -> (1, num_tokens, H)."""
-        return hidden_states.reshape(-1, hidden_states.shape[-1])[self.gather_index].unsqueeze(0)
+        return hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, self.gather_index).unsqueeze(0)
 
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """(1, num_tokens, H) -> (B, N, H); padded positions get their row's stand-in."""
-        return packed[0][self.scatter_index].view(self.batch_size, self.seq_len, -1)
+        return packed[0].index_select(0, self.scatter_index).view(self.batch_size, self.seq_len, -1)
 
 
 def unpadded_attention(
@@ -664,7 +664,8 @@ def unpadded_attention(
     takes the mean of its padded row's values. Returns (1, tokens, H).
 
     One gather and one split per input: autograd then scatters each gradient back once, where slicing every
-    sequence out of the packed tensor would add a full-size zero tensor per sequence in the backward pass.
+    sequence out of the packed tensor would add a full-size zero tensor per sequence in the backward pass. Gathers
+    are index_select, whose backward is an index_add (advanced indexing's sorts the indices first).
     """
     outputs = []
     if batch.groups:
@@ -687,4 +688,4 @@ def unpadded_attention(
             outputs.append(output.flatten(0, 1))
     if batch.stand_in_weights is not None:
         outputs.append(batch.stand_in_weights.to(value.dtype) @ value[0])
-    return torch.cat(outputs)[batch.output_index].unsqueeze(0)
+    return torch.cat(outputs).index_select(0, batch.output_index).unsqueeze(0)
