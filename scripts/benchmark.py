@@ -67,7 +67,10 @@ after a warm-up), its peak memory and the batches' padding fraction; a forward u
 hidden states). Time is also given relative to BertModel padded and to disentangled-flash packed on the random
 batches (their tokens per second over the row's). At every batch, DeBERTa-lite unpadded is compared with padded and
 disentangled-flash with DebertaV2 at the real tokens, with a warning above the dtype's tolerance. --plot draws the
-relative times as bars.
+relative times as bars. With --profile, --varlen profiles one pass over the random batches instead (after a warm-up),
+DeBERTa-lite unpadded against BertModel padded, forward and with --varlen_train a training step: the profiler's self
+time grouped by op name (projections and FFN, batched products, index/gather/scatter, zero fills, copies, dropout
+masks, GELU/LayerNorm/softmax, the attention kernel, other) and each model's top ops.
 
 --emd_shapes BxN times the masked LM's enhanced mask decoder (EMD) at every position against the masked positions
 only (15% masked at random, seeded): forward and backward of `enhanced_mask_decoder` alone on a fixed hidden state,
@@ -81,6 +84,7 @@ position) and sparse_prediction=True (masked only). The masked-only rows carry t
     python scripts/benchmark.py --from_json outputs/benchmark.json --plot docs/benchmark.png  # plot an earlier run
     python scripts/benchmark.py --profile --profile_shapes 8x512 1x2048
     python scripts/benchmark.py --varlen data/wiki_sample/train.txt --varlen_train --plot outputs/varlen.png
+    python scripts/benchmark.py --varlen data/sentiment_sample/train.tsv --varlen_train --profile --varlen_batches 3
     python scripts/benchmark.py --emd_shapes 8x512
 """
 
@@ -479,7 +483,7 @@ def main(argv=None) -> list[dict] | dict:
         option
         for option, chosen in (
             ("--from_json", args.from_json),
-            ("--profile", args.profile),
+            ("--profile", args.profile and not args.varlen),
             ("--varlen", args.varlen),
             ("--emd_shapes", args.emd_shapes),
         )
@@ -497,13 +501,20 @@ def main(argv=None) -> list[dict] | dict:
         mode = results.get("mode")
         if args.plot and mode not in (None, "varlen"):
             parser.error(f"--plot draws the shape matrix and --varlen runs; {args.from_json} holds a {mode} run")
-        print({"varlen": varlen_markdown, "emd": emd_markdown}.get(mode, markdown_table)(results))
+        markdown = {"varlen": varlen_markdown, "emd": emd_markdown, "varlen_profile": varlen_profile_markdown}
+        print(markdown.get(mode, markdown_table)(results))
         if args.plot:
             (plot_varlen if mode == "varlen" else plot)(results, args.plot)
-        return results["rows"]
+        return results.get("rows", results.get("profiles"))
 
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.profile and args.varlen:
+        results = varlen_profile(args, device, dtype)
+        print()
+        print(varlen_profile_markdown(results))
+        write_results(results, args.output, "varlen_profile.json")
+        return results["profiles"]
     if args.profile:
         profiles = profile_layers(args.size, dtype, args.profile_shapes, args.repeats, not args.profile_inference)
         print(profile_markdown(profiles))
@@ -792,9 +803,9 @@ def varlen_agreement(models: dict, batches: list, dtype: str) -> dict[str, tuple
     }
 
 
-def varlen_benchmark(args, device: torch.device, dtype: torch.dtype) -> dict:
-    """--varlen: every model over the random batches, DeBERTa-lite also over length-grouped ones, forward and (with
-    --varlen_train) training steps; real tokens per second."""
+def varlen_batches(args, device: torch.device) -> tuple[DebertaLiteConfig, dict, dict]:
+    """The --varlen file's texts as padded batches per sampling (random, length-grouped): the config, each
+    sampling's summary (rows, padding) and its (input_ids, attention_mask) batches."""
     tokenizer = load_tokenizer(args.tokenizer)
     texts = varlen_texts(args.varlen, args.varlen_column)
     token_ids = tokenizer(*texts, truncation=True, max_length=args.varlen_max_length)["input_ids"]
@@ -816,6 +827,13 @@ def varlen_benchmark(args, device: torch.device, dtype: torch.dtype) -> dict:
             input_ids = batch["input_ids"] % config.vocab_size
             batches[sampling].append((input_ids.to(device), batch["attention_mask"].to(device)))
         samplings[sampling] = {"rows": rows, **padding_summary(batches[sampling])}
+    return config, samplings, batches
+
+
+def varlen_benchmark(args, device: torch.device, dtype: torch.dtype) -> dict:
+    """--varlen: every model over the random batches, DeBERTa-lite also over length-grouped ones, forward and (with
+    --varlen_train) training steps; real tokens per second."""
+    config, samplings, batches = varlen_batches(args, device)
     models, peers = varlen_models(args.size, dtype, device, samplings["random"]["widths"])
     kinds = ["forward", "train step"] if args.varlen_train else ["forward"]
     results = []
@@ -1281,6 +1299,98 @@ def profile_markdown(profiles: list[dict]) -> str:
             f"| {op['op']} | {op['phase']} | {op['category']} | {op['ms']:.2f} | {op['calls']:g} |"
             for op in result["top_ops"]
         ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --varlen with --profile: where a pass over the random batches goes, DeBERTa-lite unpadded against BertModel padded,
+# by op name (the shape rules of --profile need one fixed shape).
+VARLEN_PROFILED = ("deberta_lite_unpadded", "bert_sdpa")
+OP_GROUPS = {
+    "projections and FFN (addmm, mm)": {"aten::addmm", "aten::mm"},
+    "batched products (bmm: relative tables; attention scores on the math path)": {"aten::bmm", "aten::baddbmm"},
+    "index, gather, scatter (unpadding, bias lookup, their backward)": INDEXING
+    | {"aten::index_add", "aten::_index_put_impl_", "aten::embedding_dense_backward"},
+    "zero fills (gradient buffers: the embedding table's is the largest)": {"aten::fill_", "aten::zero_"},
+    "copies": {"aten::copy_", "aten::cat", "aten::clone"},
+    "dropout masks": {"aten::bernoulli_"},
+    "GELU, LayerNorm, softmax and their backward": {
+        "aten::gelu",
+        "aten::gelu_backward",
+        "aten::native_layer_norm",
+        "aten::native_layer_norm_backward",
+        "aten::_softmax",
+        "aten::_softmax_backward_data",
+    },
+}
+
+
+def op_group(name: str) -> str:
+    if is_attention_kernel(name) and name.startswith("aten::_"):
+        return "attention kernel"
+    return next((group for group, names in OP_GROUPS.items() if name in names), "other")
+
+
+def varlen_profile(args, device: torch.device, dtype: torch.dtype) -> dict:
+    """--varlen --profile: one profiled pass over the random batches per model and step (after a warm-up pass):
+    milliseconds by op group and the top aten ops."""
+    config, samplings, batches = varlen_batches(args, device)
+    batches = batches["random"]
+    models, _ = varlen_models(args.size, dtype, device, samplings["random"]["widths"])
+    generator = torch.Generator().manual_seed(VARLEN_SEED)
+    readouts = [
+        torch.randn(*input_ids.shape, config.hidden_size, generator=generator) * attention_mask[..., None].cpu()
+        for input_ids, attention_mask in batches
+    ]
+    profiles = []
+    for kind in ["forward", "train step"] if args.varlen_train else ["forward"]:
+        for name in VARLEN_PROFILED:
+            if kind == "forward":
+                step = functools.partial(varlen_forward, models[name], batches)
+            else:
+                step = functools.partial(varlen_train, models[name], batches, [r.to(device) for r in readouts])
+            step()
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                step()
+            groups, ops = dict.fromkeys([*OP_GROUPS, "attention kernel", "other"], 0.0), defaultdict(float)
+            for event in profiler.events():
+                milliseconds = event.self_cpu_time_total / 1000
+                groups[op_group(event.name)] += milliseconds
+                if event.name.startswith("aten::"):
+                    ops[event.name] += milliseconds
+            top = [{"op": op, "ms": ms} for op, ms in sorted(ops.items(), key=lambda item: -item[1])[:10]]
+            profiles.append({"model": name, "kind": kind, "groups": groups, "top_ops": top})
+            print(f"{kind:10s} {name:28s} {sum(groups.values()) / 1000:8.3f} s profiled", flush=True)
+            models[name].zero_grad(set_to_none=True)
+    return {"mode": "varlen_profile", "args": vars(args), "samplings": samplings, "profiles": profiles}
+
+
+def varlen_profile_markdown(results: dict) -> str:
+    """Per step: milliseconds (and share) by op group for each profiled model, then each model's top ops."""
+    args, random = results["args"], results["samplings"]["random"]
+    lines = [
+        f"{args['size']} size, {args['dtype']}, {args['device']}: one pass over {args['varlen_batches']} random "
+        f"batches of {args['varlen_batch_size']} from {Path(args['varlen']).name} ({random['real_tokens']} real "
+        f"tokens, {100 * random['padding_fraction']:.0f}% padding), profiler self time in ms.",
+        "",
+    ]
+    for kind in dict.fromkeys(result["kind"] for result in results["profiles"]):
+        profiles = [result for result in results["profiles"] if result["kind"] == kind]
+        totals = [sum(result["groups"].values()) for result in profiles]
+        lines += [
+            f"| {kind}: op group | " + " | ".join(COLUMNS[result["model"]] for result in profiles) + " |",
+            "|---|" + "---|" * len(profiles),
+        ]
+        for group in profiles[0]["groups"]:
+            cells = [
+                f"{result['groups'][group]:.0f} ({100 * result['groups'][group] / total:.0f}%)"
+                for result, total in zip(profiles, totals, strict=True)
+            ]
+            lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines += ["| total | " + " | ".join(f"{total:.0f}" for total in totals) + " |", ""]
+        for result in profiles:
+            top = ", ".join(f"{op['op'].removeprefix('aten::')} {op['ms']:.0f}" for op in result["top_ops"])
+            lines.append(f"- {COLUMNS[result['model']]}, {kind}, top ops (ms): {top}")
         lines.append("")
     return "\n".join(lines)
 

@@ -275,6 +275,35 @@ def test_varlen_batches(tmp_path, capsys):
         assert again == rows and bert_row in capsys.readouterr().out
 
 
+def test_varlen_profile(tmp_path, capsys):
+    """--varlen with --profile: DeBERTa-lite unpadded and BertModel padded, each op's self time in one group."""
+    benchmark = load_script("benchmark")
+    path, _ = varlen_file(tmp_path)
+    argv = ["--size", "tiny", "--varlen", str(path), "--varlen_batch_size", "4", "--varlen_batches", "2"]
+    argv += ["--varlen_train", "--profile", "--output", str(tmp_path / "profile.json")]
+    profiles = benchmark.main(argv)
+    assert [(p["kind"], p["model"]) for p in profiles] == [
+        (kind, model) for kind in ("forward", "train step") for model in ("deberta_lite_unpadded", "bert_sdpa")
+    ]
+    projections = "projections and FFN (addmm, mm)"
+    indexing = "index, gather, scatter (unpadding, bias lookup, their backward)"
+    for result in profiles:
+        assert set(result["groups"]) == {*benchmark.OP_GROUPS, "attention kernel", "other"}
+        assert result["groups"][projections] > 0 and result["groups"]["attention kernel"] > 0
+        milliseconds = [op["ms"] for op in result["top_ops"]]
+        assert milliseconds == sorted(milliseconds, reverse=True) and milliseconds[0] > 0
+    # Unpadding gathers the real tokens (and scatters their gradient back); BERT's padded forward gathers only its
+    # embeddings.
+    assert profiles[0]["groups"][indexing] > 0
+    out = capsys.readouterr().out
+    assert "| forward: op group | DeBERTa-lite unpadded | BertModel (sdpa) |" in out
+    assert benchmark.main(["--from_json", str(tmp_path / "profile.json")]) == profiles
+    assert benchmark.op_group("aten::addmm") == projections
+    assert benchmark.op_group("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention kernel"
+    assert benchmark.op_group("aten::scaled_dot_product_attention") == "other"  # the dispatcher's own self time
+    assert benchmark.op_group("aten::bernoulli_") == "dropout masks"
+
+
 def test_varlen_relative_times():
     benchmark = load_script("benchmark")
     row = dict(batches="random", kind="forward", seconds=1.0, peak_bytes=0, real_tokens=1, padding_fraction=0.5)
@@ -321,7 +350,7 @@ def test_emd_masked_only_against_all_positions(tmp_path, capsys):
 
 def test_separate_modes_cannot_be_combined(tmp_path, capsys):
     benchmark = load_script("benchmark")
-    for argv in (["--varlen", "x.tsv", "--emd_shapes", "8x512"], ["--profile", "--varlen", "x.tsv"]):
+    for argv in (["--varlen", "x.tsv", "--emd_shapes", "8x512"], ["--profile", "--emd_shapes", "8x512"]):
         with pytest.raises(SystemExit) as exit_info:
             benchmark.main(argv)
         assert exit_info.value.code == 2

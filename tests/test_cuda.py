@@ -3,6 +3,7 @@
 - deberta_flex: flex_attention compiled into one fused kernel with its backward (on a CPU it runs unfused and
   forward only), against the eager kernel, forward and gradients, in fp32 and bf16;
 - the sdpa and chunked kernels on CUDA in bf16, against eager;
+- unpadded batches on CUDA (groups of similar lengths through each kernel) against the padded eager computation;
 - the benchmark's CUDA branch: max_memory_allocated, the flex column, bf16, the peers when installed.
 """
 
@@ -70,6 +71,27 @@ def test_flex_on_cuda_equals_eager_forward_and_gradients(dtype):
 @pytest.mark.parametrize("backend", ["sdpa", "deberta_chunked"])
 def test_sdpa_and_chunked_on_cuda_in_bf16_equal_eager(backend):
     compare_backends(backend, torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "deberta_chunked"])
+def test_unpadded_batches_on_cuda_equal_padded_eager(backend):
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = DebertaLiteModel(config).cuda().train()
+    inputs = {name: value.cuda() for name, value in padded_inputs(config).items() if value is not None}
+    keep = inputs["attention_mask"].bool()
+    readout = torch.randn(*keep.shape, config.hidden_size, device="cuda")
+    results = {}
+    for implementation, unpad in (("eager", False), (backend, True)):
+        model.set_attn_implementation(implementation)
+        model.config.unpad_batches = unpad
+        model.zero_grad()
+        output = model(**inputs).last_hidden_state
+        (output * readout).sum().backward()
+        results[unpad] = output.detach(), gradients(model)
+    assert_close_scaled(results[True][0], results[False][0], torch.float32, "last hidden state")
+    for name, expected in results[False][1].items():
+        assert_close_scaled(results[True][1][name], expected, torch.float32, name)
 
 
 def test_benchmark_on_cuda_in_bf16(tmp_path):
