@@ -769,6 +769,17 @@ def varlen_train(model, batches: list[tuple[torch.Tensor, torch.Tensor]], readou
         (model(input_ids, attention_mask=attention_mask).last_hidden_state.float() * readout).sum().backward()
 
 
+def varlen_readouts(batches: list[tuple[torch.Tensor, torch.Tensor]], hidden_size: int) -> list[torch.Tensor]:
+    """varlen_train's fixed random readout per batch (seeded), zero at the padding, on the batches' device."""
+    generator = torch.Generator().manual_seed(VARLEN_SEED)
+    return [
+        (torch.randn(*input_ids.shape, hidden_size, generator=generator) * attention_mask[..., None].cpu()).to(
+            attention_mask.device
+        )
+        for input_ids, attention_mask in batches
+    ]
+
+
 def varlen_models(size: str, dtype: torch.dtype, device: torch.device, lengths: list[int]) -> tuple[dict, dict]:
     """DeBERTa-lite unpadded and padded, BertModel, DebertaV2, ModernBERT and the disentangled-flash peer padded and
     packed (when it imports), by name in COLUMNS order, and the peers' descriptions."""
@@ -840,13 +851,7 @@ def varlen_benchmark(args, device: torch.device, dtype: torch.dtype) -> dict:
     for sampling, sampling_batches in batches.items():
         names = list(models) if sampling == "random" else [name for name in GROUPED if name in models]
         agreement = varlen_agreement({name: models[name] for name in names}, sampling_batches, args.dtype)
-        generator = torch.Generator().manual_seed(VARLEN_SEED)
-        readouts = [
-            (
-                torch.randn(*input_ids.shape, config.hidden_size, generator=generator) * attention_mask[..., None].cpu()
-            ).to(device)
-            for input_ids, attention_mask in sampling_batches
-        ]
+        readouts = varlen_readouts(sampling_batches, config.hidden_size)
         for kind in kinds:
             for name in names:
                 if kind == "forward":
@@ -1337,18 +1342,14 @@ def varlen_profile(args, device: torch.device, dtype: torch.dtype) -> dict:
     config, samplings, batches = varlen_batches(args, device)
     batches = batches["random"]
     models, _ = varlen_models(args.size, dtype, device, samplings["random"]["widths"])
-    generator = torch.Generator().manual_seed(VARLEN_SEED)
-    readouts = [
-        torch.randn(*input_ids.shape, config.hidden_size, generator=generator) * attention_mask[..., None].cpu()
-        for input_ids, attention_mask in batches
-    ]
+    readouts = varlen_readouts(batches, config.hidden_size)
     profiles = []
     for kind in ["forward", "train step"] if args.varlen_train else ["forward"]:
         for name in VARLEN_PROFILED:
             if kind == "forward":
                 step = functools.partial(varlen_forward, models[name], batches)
             else:
-                step = functools.partial(varlen_train, models[name], batches, [r.to(device) for r in readouts])
+                step = functools.partial(varlen_train, models[name], batches, readouts)
             step()
             with profile(activities=[ProfilerActivity.CPU]) as profiler:
                 step()
